@@ -1,0 +1,128 @@
+"""Validation and normalisation of arguments, done once, at trace time, for every op and layer.
+
+Every check here raises a ``ValueError`` (shapes, options) or a ``TypeError`` (dtypes) whose
+message names the argument in backticks, shows what it got and says what was expected. Static
+options (axis, stride, window, dilation, padding) come back as hashable ints and tuples, ready to
+be passed through ``jax.custom_vjp``'s ``nondiff_argnums``.
+"""
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+from jax import lax
+
+Padding = str | tuple[tuple[int, int], ...]
+
+
+def check_floating(x, name: str) -> None:
+    """Raises TypeError unless ``x`` has a floating-point dtype."""
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"`{name}` must have a floating-point dtype, got {jnp.result_type(x)}.")
+
+
+def check_integer(x, name: str) -> None:
+    """Raises TypeError unless ``x`` has an integer dtype."""
+    if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+        raise TypeError(f"`{name}` must have an integer dtype, got {jnp.result_type(x)}.")
+
+
+def check_same_shape(a, a_name: str, b, b_name: str) -> None:
+    """Raises ValueError unless ``a`` and ``b`` have equal shapes (no broadcasting)."""
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(
+            f"`{b_name}` must have the shape of `{a_name}` {jnp.shape(a)}, got {jnp.shape(b)}.")
+
+
+def check_ndim(x, name: str, expected: str, allowed: Sequence[int]) -> None:
+    """Raises ValueError unless ``x.ndim`` is one of ``allowed``; ``expected`` describes the layout."""
+    if jnp.ndim(x) not in allowed:
+        raise ValueError(
+            f"`{name}` must be {expected}, got shape {jnp.shape(x)} ({jnp.ndim(x)} dims).")
+
+
+def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+    """Returns ``axis`` as a non-negative int in ``[0, ndim)``."""
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"`{name}` must be an int, got {axis!r}.") from None
+    if ndim == 0:
+        raise ValueError(f"`{name}` (={axis}) needs an input with at least one dim, got a scalar.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"`{name}` must be in [{-ndim}, {ndim}) for an input of {ndim} dims, got {axis}.")
+    return axis % ndim
+
+
+def spatial_tuple(value, num_spatial: int, name: str) -> tuple[int, ...]:
+    """Returns a positive int, or one per spatial dim, as a tuple of ``num_spatial`` ints."""
+    values = (value,) * num_spatial if _is_int(value) else value
+    if (not isinstance(values, Sequence) or len(values) != num_spatial
+            or not all(_is_int(v) for v in values)):
+        raise ValueError(
+            f"`{name}` must be an int or a tuple of {num_spatial} ints (one per spatial dim), "
+            f"got {value!r}.")
+    values = tuple(operator.index(v) for v in values)
+    if any(v < 1 for v in values):
+        raise ValueError(f"`{name}` must be positive, got {value!r}.")
+    return values
+
+
+def normalize_padding(padding, num_spatial: int, name: str = "padding") -> Padding:
+    """Returns "VALID", "SAME", or a tuple of one ``(lo, hi)`` pair of ints per spatial dim.
+
+    Accepts the string forms (any case), an int ``p`` meaning ``(p, p)`` on every spatial dim, or
+    a sequence of ``num_spatial`` pairs.
+    """
+    if isinstance(padding, str):
+        if padding.upper() not in ("VALID", "SAME"):
+            raise ValueError(f'`{name}` must be "VALID", "SAME", an int or (lo, hi) pairs, got {padding!r}.')
+        return padding.upper()
+    if _is_int(padding):
+        pairs = ((padding, padding),) * num_spatial
+    else:
+        pairs = padding
+    if (not isinstance(pairs, Sequence) or len(pairs) != num_spatial
+            or not all(isinstance(p, Sequence) and len(p) == 2 and all(map(_is_int, p)) for p in pairs)):
+        raise ValueError(
+            f'`{name}` must be "VALID", "SAME", an int or a sequence of {num_spatial} (lo, hi) pairs '
+            f"of ints (one per spatial dim), got {padding!r}.")
+    pairs = tuple((operator.index(lo), operator.index(hi)) for lo, hi in pairs)
+    if any(lo < 0 or hi < 0 for lo, hi in pairs):
+        raise ValueError(f"`{name}` must be non-negative, got {padding!r}.")
+    return pairs
+
+
+def _is_int(value) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return not isinstance(value, bool)
+
+
+def num_spatial_dims(x, name: str = "x") -> int:
+    """Checks the channels-last layout ``(N, *spatial, C)`` with 1 to 3 spatial dims; returns their count."""
+    check_ndim(x, name, "(N, *spatial, C) with 1, 2 or 3 spatial dims", (3, 4, 5))
+    return jnp.ndim(x) - 2
+
+
+def padding_pairs(padding: Padding, in_spatial, window, stride) -> tuple[tuple[int, int], ...]:
+    """Explicit ``(lo, hi)`` pairs for a normalised padding; ``window`` is the effective (dilated) one.
+
+    "SAME" pads so the output has ``ceil(in / stride)`` positions, the extra pixel at the end, as
+    ``lax.padtype_to_pads`` (and so XLA, flax and TensorFlow) does.
+    """
+    if isinstance(padding, str):
+        return tuple(tuple(pair) for pair in lax.padtype_to_pads(in_spatial, window, stride, padding))
+    return padding
+
+
+def check_window_fits(in_spatial, pairs, window, name: str) -> None:
+    """Raises ValueError if a window (kernel or pool) is larger than the padded input."""
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_spatial, pairs))
+    if any(k > n for k, n in zip(window, padded)):
+        raise ValueError(
+            f"`{name}` spans {tuple(window)} spatial positions, larger than the padded input "
+            f"{padded} (input {tuple(in_spatial)}, padding {pairs}).")

@@ -1,0 +1,164 @@
+r"""Dense layers and the whole multilayer perceptron as one backward pass.
+
+Layout: ``x[..., in] @ w[in, out] + b[out]``; any leading dims of ``x`` are batch dims, summed
+over in the weight and bias cotangents. Derivations: ``docs/derivations/dense.md`` and
+``docs/derivations/mlp.md``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from purebp import _static
+from purebp.activations import ELEMENTWISE
+
+
+def dense(x, w, b=None):
+    r"""Affine map :math:`y = x W + b` over the last axis of ``x``.
+
+    Backward: :math:`\bar x = \bar y W^\top`, :math:`\bar W = x^\top \bar y`,
+    :math:`\bar b = \sum_{\text{batch}} \bar y` (batch dims flattened for the two sums).
+
+    Args:
+      x: floating array ``[..., in]``.
+      w: floating array ``[in, out]``.
+      b: optional floating array ``[out]``.
+
+    Returns:
+      ``[..., out]``, in the dtype of ``x @ w``.
+
+    Raises:
+      TypeError: if an argument is not floating.
+      ValueError: if the shapes do not chain.
+
+    >>> dense(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(4)).shape
+    (2, 4)
+
+    Derivation: docs/derivations/dense.md.
+    """
+    _static.check_floating(x, "x")
+    _check_dense_args(jnp.shape(x), w, b, "x", "w", "b")
+    return _dense(b is not None, x, w, b)
+
+
+def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
+    """Checks that x (of shape ``x_shape``), w and b chain as ``x @ w + b``."""
+    _static.check_floating(w, w_name)
+    _static.check_ndim(w, w_name, "a matrix [in, out]", (2,))
+    if not x_shape or x_shape[-1] != jnp.shape(w)[0]:
+        raise ValueError(
+            f"`{x_name}` must have shape [..., in] with in = {jnp.shape(w)[0]} (`{w_name}`'s first dim), "
+            f"got `{x_name}` of shape {x_shape} and `{w_name}` of shape {jnp.shape(w)}.")
+    if b is not None:
+        _static.check_floating(b, b_name)
+        if jnp.shape(b) != jnp.shape(w)[1:]:
+            raise ValueError(
+                f"`{b_name}` must have shape {jnp.shape(w)[1:]} (out of `{w_name}`), got {jnp.shape(b)}.")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dense(has_bias, x, w, b):
+    y = x @ w
+    return y + b if has_bias else y
+
+
+def _dense_fwd(has_bias, x, w, b):
+    return _dense(has_bias, x, w, b), (x, w)
+
+
+def _dense_bwd(has_bias, res, g):  # ((x, w), ct y) -> (ct x, ct w, ct b)
+    x, w = res
+    dx = g @ w.T  # x̄ = ȳ Wᵀ
+    dw, db = _weight_and_bias_cotangents(x, g)  # W̄ = xᵀ ȳ, b̄ = Σ ȳ
+    return dx.astype(x.dtype), dw.astype(w.dtype), db.astype(w.dtype) if has_bias else None
+
+
+def _weight_and_bias_cotangents(a_prev, delta):
+    """∇W = a_prevᵀ δ and ∇b = Σ δ, both summed over every batch dim."""
+    batch_axes = tuple(range(delta.ndim - 1))
+    return jnp.tensordot(a_prev, delta, (batch_axes, batch_axes)), delta.sum(batch_axes)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "identity"):
+    r"""A whole multilayer perceptron whose backward pass is the textbook backprop algorithm.
+
+    Forward: :math:`a^0 = x`, :math:`z^l = a^{l-1} W^l + b^l`, :math:`a^l = \sigma(z^l)`, with
+    ``output_activation`` on the last layer. Backward, from the saved activations :math:`a^l` only:
+    :math:`\delta^L = \bar a^L \odot \sigma'(z^L)`,
+    :math:`\delta^{l} = (\delta^{l+1} W^{l+1\top}) \odot \sigma'(z^{l})`,
+    :math:`\bar W^l = a^{l-1\top} \delta^l`, :math:`\bar b^l = \sum \delta^l`,
+    where :math:`\sigma'(z)` is written from :math:`a = \sigma(z)` (e.g. :math:`a(1-a)`).
+    This is the composition of ``dense`` and the activations in one ``custom_vjp``: one residual
+    per layer (its output) instead of one per op.
+
+    Args:
+      params: list of ``{"w": [in, out], "b": [out]}``, one per layer, in order.
+      x: floating array ``[..., in]``.
+      activation: hidden activation, one of ``"sigmoid"``, ``"tanh"``, ``"relu"``, ``"identity"``.
+      output_activation: the last layer's activation, from the same set.
+
+    Returns:
+      ``[..., out]`` of the last layer.
+
+    Raises:
+      TypeError, ValueError: for bad params (naming ``params[l]``), shapes or activation names.
+
+    >>> params = [{"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}, {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}]
+    >>> mlp(params, jnp.ones((5, 3))).shape
+    (5, 2)
+
+    Derivation: docs/derivations/mlp.md.
+    """
+    for name, value in (("activation", activation), ("output_activation", output_activation)):
+        if value not in ELEMENTWISE:
+            raise ValueError(f"`{name}` must be one of {sorted(ELEMENTWISE)}, got {value!r}.")
+    _static.check_floating(x, "x")
+    if not isinstance(params, (list, tuple)) or not params:
+        raise ValueError(f"`params` must be a non-empty list of {{'w', 'b'}} dicts, got {params!r}.")
+    shape, name = jnp.shape(x), "x"
+    for l, layer in enumerate(params):
+        if not isinstance(layer, dict) or set(layer) != {"w", "b"}:
+            raise ValueError(f"`params[{l}]` must be a dict with keys 'w' and 'b', got {layer!r}.")
+        _check_dense_args(shape, layer["w"], layer["b"], name, f"params[{l}]['w']", f"params[{l}]['b']")
+        shape, name = shape[:-1] + jnp.shape(layer["w"])[1:], f"layer {l}'s output"
+    return _mlp(activation, output_activation, list(params), x)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mlp(activation, output_activation, params, x):
+    return _mlp_fwd(activation, output_activation, params, x)[0]
+
+
+def _mlp_fwd(activation, output_activation, params, x):
+    inputs = []  # a⁰ … aᴸ⁻¹, each layer's input: the rule needs activations, never a pre-activation z
+    a = x
+    for l, layer in enumerate(params):
+        inputs.append(a)
+        forward, _ = ELEMENTWISE[output_activation if l == len(params) - 1 else activation]
+        a = forward(a @ layer["w"] + layer["b"])  # aˡ = σ(zˡ), zˡ = aˡ⁻¹ Wˡ + bˡ
+    output_derivative = ELEMENTWISE[output_activation][1]
+    output = None if output_derivative is None else a  # an identity output needs no aᴸ: σ' = 1
+    return a, (params, inputs, output)
+
+
+def _mlp_bwd(activation, output_activation, res, g):  # ((params, a⁰…aᴸ⁻¹, aᴸ), ct aᴸ) -> (ct params, ct x)
+    params, inputs, output = res
+    output_derivative, hidden_derivative = ELEMENTWISE[output_activation][1], ELEMENTWISE[activation][1]
+    delta = g if output_derivative is None else g * output_derivative(output)  # δᴸ = ∇ₐC ⊙ σ'(zᴸ)
+    grads = [None] * len(params)
+    for l in reversed(range(len(params))):
+        a_prev, w = inputs[l], params[l]["w"]
+        dw, db = _weight_and_bias_cotangents(a_prev, delta)  # ∇Wˡ = aˡ⁻¹ᵀ δˡ, ∇bˡ = Σ δˡ
+        grads[l] = {"w": dw.astype(w.dtype), "b": db.astype(params[l]["b"].dtype)}
+        delta = delta @ w.T  # (Wˡ)ᵀ δˡ: the cotangent of aˡ⁻¹
+        if l > 0 and hidden_derivative is not None:
+            delta = delta * hidden_derivative(a_prev)  # δˡ⁻¹ = ((Wˡ)ᵀ δˡ) ⊙ σ'(zˡ⁻¹)
+    return grads, delta.astype(inputs[0].dtype)
+
+
+_mlp.defvjp(_mlp_fwd, _mlp_bwd)

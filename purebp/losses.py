@@ -1,0 +1,281 @@
+r"""Losses: binary and softmax cross entropy, fused with their activations, and squared error.
+
+All losses are elementwise (or per row, for the softmax family) and unreduced, as in optax; take
+the mean yourself. The fused rules are the point of this module: the backward pass of
+``sigmoid_binary_cross_entropy`` is :math:`\sigma(z) - y` and that of ``softmax_cross_entropy``
+is :math:`p - y`, computed from stable log-sigmoid and log-sum-exp forms, never by chaining the
+separate rules. Derivations: ``docs/derivations/losses.md``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from purebp import _static
+from purebp.activations import max_shift, stable_log_softmax
+
+
+def binary_cross_entropy(p, labels):
+    r"""Binary cross entropy of probabilities: :math:`-y \ln p - (1 - y) \ln(1 - p)`, elementwise.
+
+    Backward: :math:`\bar p = \bar J\,\big(\tfrac{1-y}{1-p} - \tfrac{y}{p}\big)`,
+    :math:`\bar y = \bar J \ln\tfrac{1-p}{p}`. A term whose label weight is 0 contributes 0, so
+    ``p = 0`` with ``y = 0`` (and ``p = 1`` with ``y = 1``) gives a loss of 0 and a finite gradient.
+    Prefer ``sigmoid_binary_cross_entropy`` on logits: it never forms ``p``.
+
+    Args:
+      p: floating array of probabilities in ``[0, 1]``.
+      labels: array of ``p``'s shape, targets in ``[0, 1]`` (cast to ``p``'s dtype).
+
+    Returns:
+      The loss, of ``p``'s shape and dtype.
+
+    Raises:
+      TypeError: if ``p`` is not floating.
+      ValueError: if ``labels`` has another shape.
+
+    Derivation: docs/derivations/losses.md#binary-cross-entropy.
+    """
+    _static.check_floating(p, "p")
+    _static.check_same_shape(p, "p", labels, "labels")
+    return _binary_cross_entropy(p, jnp.asarray(labels).astype(jnp.result_type(p)))
+
+
+@jax.custom_vjp
+def _binary_cross_entropy(p, y):
+    # A term whose label weight is 0 is 0, even where its log is -inf (the 0 · ln 0 = 0 convention).
+    return -(jnp.where(y == 0, 0, y * jnp.log(p)) + jnp.where(y == 1, 0, (1 - y) * jnp.log1p(-p)))
+
+
+def _binary_cross_entropy_fwd(p, y):
+    return _binary_cross_entropy(p, y), (p, y)
+
+
+def _binary_cross_entropy_bwd(res, g):  # ((p, y), ct J) -> (ct p, ct y)
+    p, y = res
+    # ∂J/∂p = (1 − y)/(1 − p) − y/p = (p − y) / (p(1 − p)), each term 0 where its weight is 0.
+    dp = jnp.where(y == 1, 0, (1 - y) / (1 - p)) - jnp.where(y == 0, 0, y / p)
+    dy = jnp.log1p(-p) - jnp.log(p)  # ∂J/∂y = ln(1 − p) − ln p
+    return g * dp, g * dy
+
+
+_binary_cross_entropy.defvjp(_binary_cross_entropy_fwd, _binary_cross_entropy_bwd)
+
+
+def sigmoid_binary_cross_entropy(logits, labels):
+    r"""Binary cross entropy of :math:`\sigma(z)`, fused and stable: equals ``optax.sigmoid_binary_cross_entropy``.
+
+    Forward: :math:`J = y\,\mathrm{softplus}(-z) + (1-y)\,\mathrm{softplus}(z)`, elementwise.
+    Backward: :math:`\bar z = \bar J\,(\sigma(z) - y)`, :math:`\bar y = -\bar J z`.
+
+    Args:
+      logits: floating array ``z``.
+      labels: array of ``logits``' shape, targets in ``[0, 1]`` (cast to ``logits``' dtype).
+
+    Returns:
+      The loss, of ``logits``' shape and dtype; finite for every finite ``z``.
+
+    Raises:
+      TypeError: if ``logits`` is not floating.
+      ValueError: if ``labels`` has another shape.
+
+    >>> float(sigmoid_binary_cross_entropy(0.0, 1.0))  # ln 2
+    0.6931471824645996
+
+    Derivation: docs/derivations/losses.md#sigmoid-binary-cross-entropy.
+    """
+    _static.check_floating(logits, "logits")
+    _static.check_same_shape(logits, "logits", labels, "labels")
+    return _sigmoid_binary_cross_entropy(logits, jnp.asarray(labels).astype(jnp.result_type(logits)))
+
+
+@jax.custom_vjp
+def _sigmoid_binary_cross_entropy(z, y):
+    # softplus(±z) = max(±z, 0) + log1p(e^{-|z|}): e^{-|z|} ≤ 1 never overflows, and the weighted
+    # sum (not softplus(z) − y·z) keeps a well-classified example's tiny loss exact, as optax does.
+    tail = jnp.log1p(jnp.exp(-jnp.abs(z)))
+    return y * (jnp.maximum(-z, 0) + tail) + (1 - y) * (jnp.maximum(z, 0) + tail)
+
+
+def _sigmoid_binary_cross_entropy_fwd(z, y):
+    return _sigmoid_binary_cross_entropy(z, y), (z, y)
+
+
+def _sigmoid_binary_cross_entropy_bwd(res, g):  # ((z, y), ct J) -> (ct z, ct y)
+    z, y = res
+    # σ(z) − y, written as (1 − y)σ(z) − yσ(−z): no 1 − σ(z) cancellation when σ(z) rounds to 1.
+    dz = (1 - y) * lax.logistic(z) - y * lax.logistic(-z)
+    return g * dz, -g * z  # ∂J/∂y = softplus(−z) − softplus(z) = −z
+
+
+_sigmoid_binary_cross_entropy.defvjp(_sigmoid_binary_cross_entropy_fwd, _sigmoid_binary_cross_entropy_bwd)
+
+
+def softmax_cross_entropy(logits, labels, axis: int = -1):
+    r"""Cross entropy of ``softmax(logits)`` against label probabilities, fused: equals ``optax.softmax_cross_entropy``.
+
+    Forward: :math:`J = -\sum_i y_i \log p_i` with :math:`\log p = z - \mathrm{logsumexp}(z)`.
+    Backward: :math:`\bar z = \bar J\,(p \sum_i y_i - y)`, which is :math:`\bar J (p - y)` when the
+    labels sum to one; :math:`\bar y = -\bar J \log p`.
+
+    Args:
+      logits: floating array ``z`` with the classes along ``axis``.
+      labels: array of ``logits``' shape, probabilities along ``axis`` (cast to ``logits``' dtype).
+      axis: the class axis.
+
+    Returns:
+      The loss, of ``logits``' shape without ``axis``, and ``logits``' dtype. A label of 0 on a
+      logit of -inf contributes 0 (optax gives NaN there).
+
+    Raises:
+      TypeError: if ``logits`` is not floating.
+      ValueError: if ``labels`` has another shape or ``axis`` is out of range.
+
+    Derivation: docs/derivations/losses.md#softmax-cross-entropy.
+    """
+    _static.check_floating(logits, "logits")
+    _static.check_same_shape(logits, "logits", labels, "labels")
+    axis = _static.normalize_axis(axis, jnp.ndim(logits))
+    return _softmax_cross_entropy(axis, logits, jnp.asarray(labels).astype(jnp.result_type(logits)))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _softmax_cross_entropy(axis, z, y):
+    return _softmax_cross_entropy_fwd(axis, z, y)[0]
+
+
+def _softmax_cross_entropy_fwd(axis, z, y):
+    log_p = stable_log_softmax(z, axis)
+    return -jnp.where(y == 0, 0, y * log_p).sum(axis), (log_p, y)
+
+
+def _softmax_cross_entropy_bwd(axis, res, g):  # ((log p, y), ct J) -> (ct z, ct y)
+    log_p, y = res
+    g = jnp.expand_dims(g, axis)
+    dz = jnp.exp(log_p) * y.sum(axis, keepdims=True) - y  # p Σy − y, = p − y for normalised labels
+    return g * dz, -g * log_p
+
+
+_softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
+
+
+def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
+    r"""Cross entropy of ``softmax(logits)`` against class indices: equals the optax function of that name.
+
+    Forward: :math:`J = \mathrm{logsumexp}(z) - z_y`.
+    Backward: :math:`\bar z = \bar J\,(p - \mathrm{onehot}(y))`; integer labels get no cotangent.
+
+    Args:
+      logits: floating array with the classes along ``axis``.
+      labels: integer array of ``logits``' shape without ``axis``, each in ``[0, num_classes)``;
+        an index out of range gives NaN (it cannot be checked at trace time).
+      axis: the class axis.
+
+    Returns:
+      The loss, of ``labels``' shape and ``logits``' dtype.
+
+    Raises:
+      TypeError: if ``logits`` is not floating or ``labels`` is not integer.
+      ValueError: if ``labels`` has the wrong shape or ``axis`` is out of range.
+
+    Derivation: docs/derivations/losses.md#integer-labels.
+    """
+    _static.check_floating(logits, "logits")
+    _static.check_integer(labels, "labels")
+    axis = _static.normalize_axis(axis, jnp.ndim(logits))
+    batch_shape = jnp.shape(logits)[:axis] + jnp.shape(logits)[axis + 1:]
+    if jnp.shape(labels) != batch_shape:
+        raise ValueError(
+            f"`labels` must have the shape of `logits` {jnp.shape(logits)} without axis {axis}, "
+            f"{batch_shape}, got {jnp.shape(labels)}.")
+    return _softmax_cross_entropy_with_integer_labels(axis, logits, labels)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _softmax_cross_entropy_with_integer_labels(axis, z, labels):
+    return _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels)[0]
+
+
+def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels):
+    shifted = z - max_shift(z, axis)
+    unnormalized = jnp.exp(shifted)
+    normalizer = unnormalized.sum(axis, keepdims=True)
+    label_logit = jnp.take_along_axis(shifted, jnp.expand_dims(labels, axis), axis)
+    # log Σe^{z−m} − (z_y − m), not logsumexp(z) − z_y as optax: when z_y is the max the loss is
+    # log Σe^{z−m} exactly, with no rounding of m + log Σ … against z_y (optax differs by ulps of m).
+    loss = (jnp.log(normalizer) - label_logit).squeeze(axis)
+    return loss, (unnormalized / normalizer, labels)
+
+
+def _softmax_cross_entropy_with_integer_labels_bwd(axis, res, g):  # ((p, labels), ct J) -> (ct z, None)
+    p, labels = res
+    one_hot = jnp.expand_dims(labels, axis) == lax.broadcasted_iota(labels.dtype, p.shape, axis)
+    return jnp.expand_dims(g, axis) * (p - one_hot), None  # ∂J/∂z = p − onehot(y)
+
+
+_softmax_cross_entropy_with_integer_labels.defvjp(
+    _softmax_cross_entropy_with_integer_labels_fwd, _softmax_cross_entropy_with_integer_labels_bwd)
+
+
+def squared_error(predictions, targets=None):
+    r"""Squared error :math:`(p - t)^2`, elementwise, as ``optax.squared_error``.
+
+    Backward: :math:`\bar p = 2\bar J (p - t)`, :math:`\bar t = -\bar p`; the difference
+    :math:`p - t` is the only residual.
+
+    Args:
+      predictions: floating array ``p``.
+      targets: array of ``predictions``' shape, or None for zeros. No broadcasting.
+
+    Returns:
+      The loss, of ``predictions``' shape and dtype.
+
+    Raises:
+      TypeError: if ``predictions`` is not floating.
+      ValueError: if ``targets`` has another shape.
+
+    Derivation: docs/derivations/losses.md#squared-error.
+    """
+    return _squared_error_family(2.0, predictions, targets)
+
+
+def l2_loss(predictions, targets=None):
+    r"""Half the squared error :math:`\tfrac12 (p - t)^2`, elementwise, as ``optax.l2_loss``.
+
+    Backward: :math:`\bar p = \bar J (p - t)`, :math:`\bar t = -\bar p`.
+
+    Args, Returns and Raises as ``squared_error``.
+
+    Derivation: docs/derivations/losses.md#squared-error.
+    """
+    return _squared_error_family(1.0, predictions, targets)
+
+
+def _squared_error_family(slope, predictions, targets):
+    _static.check_floating(predictions, "predictions")
+    if targets is None:
+        targets = jnp.zeros_like(predictions)  # its cotangent is dead code that jit removes
+    _static.check_same_shape(predictions, "predictions", targets, "targets")
+    targets = jnp.asarray(targets).astype(jnp.result_type(predictions))
+    return _scaled_squared_error(slope, predictions, targets)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scaled_squared_error(slope, p, t):
+    return _scaled_squared_error_fwd(slope, p, t)[0]
+
+
+def _scaled_squared_error_fwd(slope, p, t):
+    error = p - t
+    return (slope / 2) * jnp.square(error), error  # slope 2: (p − t)²; slope 1: ½(p − t)²
+
+
+def _scaled_squared_error_bwd(slope, error, g):  # (p − t, ct J) -> (ct p, ct t)
+    dp = g * (slope * error)  # ∂J/∂p = slope · (p − t)
+    return dp, -dp
+
+
+_scaled_squared_error.defvjp(_scaled_squared_error_fwd, _scaled_squared_error_bwd)

@@ -1,0 +1,75 @@
+"""Plain-jnp twins of purebp's operations: the oracles that JAX's own autodiff differentiates.
+
+Each function here has the name, signature and semantics of the purebp op it checks, written as
+directly as the math allows, with no custom derivative rule. It imports no purebp op module, so a
+bug in an op can never leak into its oracle. The twins do not validate their inputs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+
+def sigmoid(z):
+    return 0.5 * (jnp.tanh(0.5 * z) + 1)  # = 1/(1 + e^{-z}), with no overflow for very negative z
+
+
+def relu(z):
+    return jnp.where(z > 0, z, jnp.zeros_like(z))  # autodiff of where: derivative 0 at z = 0
+
+
+def tanh(z):
+    return jnp.tanh(z)
+
+
+def softmax(z, axis=-1):
+    unnormalized = jnp.exp(z - jax.lax.stop_gradient(z.max(axis, keepdims=True)))
+    return unnormalized / unnormalized.sum(axis, keepdims=True)
+
+
+def log_softmax(z, axis=-1):
+    return z - logsumexp(z, axis, keepdims=True)
+
+
+def binary_cross_entropy(p, labels):
+    labels = jnp.asarray(labels, p.dtype)
+    return -(labels * jnp.log(p) + (1 - labels) * jnp.log1p(-p))
+
+
+def sigmoid_binary_cross_entropy(logits, labels):
+    labels = jnp.asarray(labels, logits.dtype)
+    return -labels * jax.nn.log_sigmoid(logits) - (1 - labels) * jax.nn.log_sigmoid(-logits)
+
+
+def softmax_cross_entropy(logits, labels, axis=-1):
+    labels = jnp.asarray(labels, logits.dtype)
+    return -(labels * log_softmax(logits, axis)).sum(axis)
+
+
+def softmax_cross_entropy_with_integer_labels(logits, labels, axis=-1):
+    label_logits = jnp.take_along_axis(logits, jnp.expand_dims(labels, axis), axis).squeeze(axis)
+    return logsumexp(logits, axis) - label_logits
+
+
+def squared_error(predictions, targets=None):
+    errors = predictions if targets is None else predictions - jnp.asarray(targets, predictions.dtype)
+    return errors**2
+
+
+def l2_loss(predictions, targets=None):
+    return 0.5 * squared_error(predictions, targets)
+
+
+def dense(x, w, b=None):
+    y = x @ w
+    return y if b is None else y + b
+
+
+_ACTIVATIONS = {"sigmoid": sigmoid, "tanh": tanh, "relu": relu, "identity": lambda z: z}
+
+
+def mlp(params, x, *, activation="sigmoid", output_activation="identity"):
+    for layer in params[:-1]:
+        x = _ACTIVATIONS[activation](dense(x, layer["w"], layer["b"]))
+    return _ACTIVATIONS[output_activation](dense(x, params[-1]["w"], params[-1]["b"]))
