@@ -200,13 +200,12 @@ _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
 def max_shift(z, axis):
-    """The row max that stabilises exp: 0 where it is ±inf, so a row of -inf gives no inf − inf.
+    """The row max that stabilises exp: after the shift every exponent is ≤ 0 and one is 0.
 
     Any shift gives the same softmax, so it carries no gradient (stop_gradient keeps grad of grad
     from differentiating the max).
     """
-    m = jnp.max(z, axis, keepdims=True)
-    return lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+    return lax.stop_gradient(jnp.max(z, axis, keepdims=True))
 
 
 def stable_log_softmax(z, axis):

@@ -40,7 +40,7 @@ def dense(x, w, b=None):
     """
     _static.check_floating(x, "x")
     _check_dense_args(jnp.shape(x), w, b, "x", "w", "b")
-    return _dense(b is not None, x, w, b)
+    return _dense(_dtype_or_none(b), x, w, b)
 
 
 def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
@@ -58,21 +58,27 @@ def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
                 f"`{b_name}` must have shape {jnp.shape(w)[1:]} (out of `{w_name}`), got {jnp.shape(b)}.")
 
 
+# The bias's dtype travels as a static argument (None: no bias), so the rule can return its
+# cotangent in that dtype without keeping the bias itself as a residual.
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _dense(has_bias, x, w, b):
+def _dense(bias_dtype, x, w, b):
     y = x @ w
-    return y + b if has_bias else y
+    return y if bias_dtype is None else y + b
 
 
-def _dense_fwd(has_bias, x, w, b):
-    return _dense(has_bias, x, w, b), (x, w)
+def _dense_fwd(bias_dtype, x, w, b):
+    return _dense(bias_dtype, x, w, b), (x, w)
 
 
-def _dense_bwd(has_bias, res, g):  # ((x, w), ct y) -> (ct x, ct w, ct b)
+def _dense_bwd(bias_dtype, res, g):  # ((x, w), ct y) -> (ct x, ct w, ct b)
     x, w = res
     dx = g @ w.T  # x̄ = ȳ Wᵀ
     dw, db = _weight_and_bias_cotangents(x, g)  # W̄ = xᵀ ȳ, b̄ = Σ ȳ
-    return dx.astype(x.dtype), dw.astype(w.dtype), db.astype(w.dtype) if has_bias else None
+    return dx.astype(x.dtype), dw.astype(w.dtype), None if bias_dtype is None else db.astype(bias_dtype)
+
+
+def _dtype_or_none(b):
+    return None if b is None else jnp.dtype(jnp.result_type(b))
 
 
 def _weight_and_bias_cotangents(a_prev, delta):
@@ -126,15 +132,16 @@ def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "ide
             raise ValueError(f"`params[{l}]` must be a dict with keys 'w' and 'b', got {layer!r}.")
         _check_dense_args(shape, layer["w"], layer["b"], name, f"params[{l}]['w']", f"params[{l}]['b']")
         shape, name = shape[:-1] + jnp.shape(layer["w"])[1:], f"layer {l}'s output"
-    return _mlp(activation, output_activation, list(params), x)
+    bias_dtypes = tuple(_dtype_or_none(layer["b"]) for layer in params)
+    return _mlp(activation, output_activation, bias_dtypes, list(params), x)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mlp(activation, output_activation, params, x):
-    return _mlp_fwd(activation, output_activation, params, x)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _mlp(activation, output_activation, bias_dtypes, params, x):
+    return _mlp_fwd(activation, output_activation, bias_dtypes, params, x)[0]
 
 
-def _mlp_fwd(activation, output_activation, params, x):
+def _mlp_fwd(activation, output_activation, bias_dtypes, params, x):
     inputs = []  # a⁰ … aᴸ⁻¹, each layer's input: the rule needs activations, never a pre-activation z
     a = x
     for l, layer in enumerate(params):
@@ -143,18 +150,19 @@ def _mlp_fwd(activation, output_activation, params, x):
         a = forward(a @ layer["w"] + layer["b"])  # aˡ = σ(zˡ), zˡ = aˡ⁻¹ Wˡ + bˡ
     output_derivative = ELEMENTWISE[output_activation][1]
     output = None if output_derivative is None else a  # an identity output needs no aᴸ: σ' = 1
-    return a, (params, inputs, output)
+    weights = [layer["w"] for layer in params]  # biases are not needed: ∇b = Σ δ
+    return a, (weights, inputs, output)
 
 
-def _mlp_bwd(activation, output_activation, res, g):  # ((params, a⁰…aᴸ⁻¹, aᴸ), ct aᴸ) -> (ct params, ct x)
-    params, inputs, output = res
+def _mlp_bwd(activation, output_activation, bias_dtypes, res, g):  # ((W, a⁰…aᴸ⁻¹, aᴸ), ct aᴸ) -> (ct params, ct x)
+    weights, inputs, output = res
     output_derivative, hidden_derivative = ELEMENTWISE[output_activation][1], ELEMENTWISE[activation][1]
     delta = g if output_derivative is None else g * output_derivative(output)  # δᴸ = ∇ₐC ⊙ σ'(zᴸ)
-    grads = [None] * len(params)
-    for l in reversed(range(len(params))):
-        a_prev, w = inputs[l], params[l]["w"]
+    grads = [None] * len(weights)
+    for l in reversed(range(len(weights))):
+        a_prev, w = inputs[l], weights[l]
         dw, db = _weight_and_bias_cotangents(a_prev, delta)  # ∇Wˡ = aˡ⁻¹ᵀ δˡ, ∇bˡ = Σ δˡ
-        grads[l] = {"w": dw.astype(w.dtype), "b": db.astype(params[l]["b"].dtype)}
+        grads[l] = {"w": dw.astype(w.dtype), "b": db.astype(bias_dtypes[l])}
         delta = delta @ w.T  # (Wˡ)ᵀ δˡ: the cotangent of aˡ⁻¹
         if l > 0 and hidden_derivative is not None:
             delta = delta * hidden_derivative(a_prev)  # δˡ⁻¹ = ((Wˡ)ᵀ δˡ) ⊙ σ'(zˡ⁻¹)

@@ -170,8 +170,9 @@ def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
 
     Args:
       logits: floating array with the classes along ``axis``.
-      labels: integer array of ``logits``' shape without ``axis``, each in ``[0, num_classes)``;
-        an index out of range gives NaN (it cannot be checked at trace time).
+      labels: integer array of ``logits``' shape without ``axis``, each in ``[-num_classes,
+        num_classes)`` (negative ones count from the end, as in indexing); a label out of that range
+        gives NaN (values cannot be checked at trace time).
       axis: the class axis.
 
     Returns:
@@ -191,6 +192,7 @@ def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
         raise ValueError(
             f"`labels` must have the shape of `logits` {jnp.shape(logits)} without axis {axis}, "
             f"{batch_shape}, got {jnp.shape(labels)}.")
+    labels = jnp.where(labels < 0, labels + jnp.shape(logits)[axis], labels)  # count from the end, as indexing does
     return _softmax_cross_entropy_with_integer_labels(axis, logits, labels)
 
 

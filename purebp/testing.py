@@ -57,7 +57,10 @@ def check_vjp(fn, reference, *args, argnums=None, rtol=None, atol=None, seed=0):
     if not argnums:
         raise ValueError("`argnums` is empty: `args` has no floating-point argument to differentiate.")
     names = _argument_names(fn, len(args))
-    out_shapes = jax.eval_shape(lambda *a: reference(*a), *args)
+    out_shapes = _output_shapes(reference, args, argnums)
+    actual_shapes = _output_shapes(fn, args, argnums)
+    if actual_shapes != out_shapes:
+        raise AssertionError(f"check_vjp: the output's shapes are {actual_shapes}, the reference's {out_shapes}.")
     rng = np.random.default_rng(seed)
     cotangent = jax.tree_util.tree_map(
         lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), out_shapes)
@@ -65,9 +68,9 @@ def check_vjp(fn, reference, *args, argnums=None, rtol=None, atol=None, seed=0):
         mode = "with jit" if use_jit else "without jit"
         actual = _value_and_cotangents(fn, args, argnums, cotangent, use_jit)
         expected = _value_and_cotangents(reference, args, argnums, cotangent, use_jit)
-        _assert_trees_close(actual[0], expected[0], f"the output ({mode})", rtol, atol)
+        _assert_trees_close(actual[0], expected[0], "the output", mode, rtol, atol)
         for i, got, want in zip(argnums, actual[1], expected[1]):
-            _assert_trees_close(got, want, f"the cotangent of argument {names[i]} ({mode})", rtol, atol)
+            _assert_trees_close(got, want, f"the cotangent of argument {names[i]}", mode, rtol, atol)
 
 
 def check_grads(fn, *args, order=1, atol=None, rtol=None, eps=None):
@@ -97,6 +100,10 @@ def residual_bytes(fn, *args) -> int:
                         *(args[i] for i in argnums))
     leaves = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves(vjp_fn) if hasattr(leaf, "dtype")}
     return sum(int(np.size(leaf)) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves.values())
+
+
+def _output_shapes(f, args, argnums):
+    return jax.eval_shape(lambda *d: f(*_substitute(args, argnums, d)), *(args[i] for i in argnums))
 
 
 def _value_and_cotangents(f, args, argnums, cotangent, use_jit):
@@ -144,13 +151,14 @@ def _argument_names(fn, num_args):
     return [f"`{params[i]}` (args[{i}])" if i < len(params) else f"args[{i}]" for i in range(num_args)]
 
 
-def _assert_trees_close(actual, expected, what, rtol, atol):
+def _assert_trees_close(actual, expected, what, mode, rtol, atol):
     actual_leaves, actual_tree = jax.tree_util.tree_flatten_with_path(actual)
     expected_leaves, expected_tree = jax.tree_util.tree_flatten_with_path(expected)
     if actual_tree != expected_tree:
-        raise AssertionError(f"check_vjp: {what} has structure {actual_tree}, the reference's is {expected_tree}.")
+        raise AssertionError(
+            f"check_vjp: {what} ({mode}) has structure {actual_tree}, the reference's is {expected_tree}.")
     for (path, got), (_, want) in zip(actual_leaves, expected_leaves):
-        _assert_close(got, want, what + jax.tree_util.keystr(path), rtol, atol)
+        _assert_close(got, want, f"{what}{jax.tree_util.keystr(path)} ({mode})", rtol, atol)
 
 
 def _assert_close(actual, expected, what, rtol, atol):

@@ -1,0 +1,145 @@
+"""Activations: VJPs against their reference twins and jax.nn, residuals, extremes, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import purebp
+from purebp import reference
+from purebp.testing import check_grads, check_vjp, residual_bytes
+
+ELEMENTWISE = ["sigmoid", "relu", "tanh"]
+ROWWISE = ["softmax", "log_softmax"]
+JAX_NN = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh,
+          "softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax}
+SHAPES = [pytest.param((), id="scalar"), pytest.param((7,), id="1d"), pytest.param((4, 5), id="batched"),
+          pytest.param((2, 3, 4), id="3d")]
+AXES = [pytest.param((7,), -1, id="1d"), pytest.param((4, 5), -1, id="rows"), pytest.param((4, 5), 0, id="axis0"),
+        pytest.param((2, 3, 4), 1, id="3d-axis1")]
+
+
+def normal(rng, shape, dtype, scale=3.0):
+    return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_elementwise_vjp_matches_reference(name, shape, dtype, rng):
+    z = normal(rng, shape, dtype)
+    check_vjp(getattr(purebp, name), getattr(reference, name), z)
+    np.testing.assert_allclose(getattr(purebp, name)(z), JAX_NN[name](z), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", AXES)
+@pytest.mark.parametrize("name", ROWWISE)
+def test_rowwise_vjp_matches_reference(name, shape, axis, dtype, rng):
+    z = normal(rng, shape, dtype)
+    check_vjp(getattr(purebp, name), getattr(reference, name), z, axis)
+    np.testing.assert_allclose(getattr(purebp, name)(z, axis), JAX_NN[name](z, axis), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
+def test_finite_differences_float64(name, x64, rng):
+    z = normal(rng, (3, 4), np.float64)
+    z = jnp.where(jnp.abs(z) < 1e-3, 0.5, z)  # keep relu's kink out of the finite-difference stencil
+    check_grads(getattr(purebp, name), z, order=2)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
+def test_grad_of_grad_matches_reference(name, rng):
+    z = normal(rng, (3, 4), np.float32)
+    weights = normal(rng, (3, 4), np.float32)
+
+    def second(op):
+        return jax.grad(lambda v: jnp.sum(weights * jax.grad(lambda u: jnp.sum(weights * op(u)))(v) ** 2))(z)
+
+    np.testing.assert_allclose(second(getattr(purebp, name)), second(getattr(reference, name)),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
+def test_vmap_matches_batched_call(name, rng):
+    z = normal(rng, (6, 5), np.float32)
+    op = getattr(purebp, name)
+    np.testing.assert_allclose(jax.vmap(op)(z), op(z), rtol=1e-6)
+    grads = jax.vmap(jax.grad(lambda row: jnp.sum(op(row) ** 2)))(z)
+    np.testing.assert_allclose(grads, jax.grad(lambda m: jnp.sum(op(m) ** 2))(z), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
+def test_half_precision_keeps_dtype_and_accuracy(name, half, rng):
+    z = normal(rng, (4, 5), half)
+    y, vjp = jax.vjp(getattr(purebp, name), z)
+    grad = vjp(jnp.ones_like(y))[0]
+    assert y.dtype == half and grad.dtype == half
+    # Against float32 from the same rounded input: within a few ulps of the half type. (A rule
+    # written from the rounded output, such as σ(1 − σ), carries the output's ulp, as jax.nn's do.)
+    y32, vjp32 = jax.vjp(getattr(reference, name), z.astype(np.float32))
+    eps = float(jnp.finfo(half).eps)
+    np.testing.assert_allclose(y.astype(np.float32), y32, rtol=2 * eps, atol=2 * eps)
+    np.testing.assert_allclose(grad.astype(np.float32), vjp32(jnp.ones_like(y32))[0], rtol=4 * eps, atol=4 * eps)
+
+
+def test_sigmoid_keeps_exactly_its_output(rng):
+    z = normal(rng, (8, 16), np.float32)
+    assert residual_bytes(purebp.sigmoid, z) == z.size * 4
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
+def test_residuals_no_larger_than_autodiff(name, rng):
+    z = normal(rng, (8, 16), np.float32)
+    assert residual_bytes(getattr(purebp, name), z) <= residual_bytes(getattr(reference, name), z)
+
+
+def test_relu_keeps_a_boolean_mask(rng):
+    z = normal(rng, (8, 16), np.float32)
+    assert residual_bytes(purebp.relu, z) == z.size  # one byte an element
+
+
+def test_relu_derivative_at_zero_is_zero():
+    grads = jax.grad(lambda z: jnp.sum(purebp.relu(z)))(jnp.array([-1.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(grads, [0.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("z", [1e4, -1e4, 88.0, -104.0], ids=["+1e4", "-1e4", "+88", "-104"])
+def test_saturated_sigmoid_and_tanh_are_finite(z):
+    for op in (purebp.sigmoid, purebp.tanh):
+        value, grad = jax.value_and_grad(op)(jnp.float32(z))
+        assert np.isfinite(value) and np.isfinite(grad) and grad >= 0
+    assert purebp.sigmoid(jnp.float32(z)) == (1.0 if z > 0 else 0.0)
+
+
+@pytest.mark.parametrize("name", ROWWISE)
+def test_huge_spread_is_finite(name):
+    z = jnp.array([[1e30, -1e30, 0.0], [1e4, 1e4, -1e4]], jnp.float32)
+    value, vjp = jax.vjp(getattr(purebp, name), z)
+    grad = vjp(jnp.ones_like(value))[0]
+    assert np.all(np.isfinite(grad))
+    if name == "softmax":
+        np.testing.assert_allclose(value, [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
+    else:
+        np.testing.assert_allclose(value[1], [-np.log(2), -np.log(2), -2e4 - np.log(2)], rtol=1e-6)
+
+
+def test_softmax_rule_is_p_times_g_minus_mean():
+    z, g = jnp.array([0.5, -1.0, 2.0]), jnp.array([1.0, 0.0, -2.0])
+    p = jax.nn.softmax(z)
+    _, vjp = jax.vjp(purebp.softmax, z)
+    np.testing.assert_allclose(vjp(g)[0], p * (g - jnp.sum(g * p)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
+def test_integer_input_is_a_type_error(name):
+    with pytest.raises(TypeError, match="`z` must have a floating-point dtype, got int32"):
+        getattr(purebp, name)(jnp.arange(3))
+
+
+@pytest.mark.parametrize("name", ROWWISE)
+def test_bad_axis(name):
+    with pytest.raises(ValueError, match=r"`axis` must be in \[-2, 2\) for an input of 2 dims, got 2"):
+        getattr(purebp, name)(jnp.ones((2, 3)), axis=2)
+    with pytest.raises(ValueError, match="needs an input with at least one dim, got a scalar"):
+        getattr(purebp, name)(jnp.float32(1.0))
+    with pytest.raises(TypeError, match="`axis` must be an int, got 0.5"):
+        getattr(purebp, name)(jnp.ones((2, 3)), axis=0.5)

@@ -1,0 +1,240 @@
+"""Losses: fused VJPs against their reference twins and optax, extremes, residuals, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import purebp
+from purebp import reference
+from purebp.testing import check_grads, check_vjp, residual_bytes
+
+SHAPES = [pytest.param((), id="scalar"), pytest.param((7,), id="1d"), pytest.param((4, 5), id="batched")]
+ROW_SHAPES = [pytest.param((7,), -1, id="1d"), pytest.param((4, 5), -1, id="rows"),
+              pytest.param((4, 5), 0, id="axis0"), pytest.param((2, 3, 4), 1, id="3d-axis1")]
+
+
+def normal(rng, shape, dtype, scale=3.0):
+    return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+
+
+def uniform(rng, shape, dtype, low=0.0, high=1.0):
+    return jnp.asarray(rng.uniform(low, high, shape), dtype)
+
+
+def label_distribution(rng, shape, axis, dtype):
+    return jax.nn.softmax(normal(rng, shape, dtype), axis)
+
+
+def integer_labels(rng, shape, axis):
+    batch_shape = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    return jnp.asarray(rng.integers(0, shape[axis], batch_shape), jnp.int32)
+
+
+# --- values and VJPs against the reference twins ----------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_binary_cross_entropy(shape, dtype, rng):
+    p, labels = uniform(rng, shape, dtype, 0.05, 0.95), uniform(rng, shape, dtype)
+    check_vjp(purebp.binary_cross_entropy, reference.binary_cross_entropy, p, labels)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sigmoid_binary_cross_entropy(shape, dtype, rng):
+    logits, labels = normal(rng, shape, dtype), uniform(rng, shape, dtype)
+    check_vjp(purebp.sigmoid_binary_cross_entropy, reference.sigmoid_binary_cross_entropy, logits, labels)
+    np.testing.assert_allclose(purebp.sigmoid_binary_cross_entropy(logits, labels),
+                               optax.sigmoid_binary_cross_entropy(logits, labels), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", ROW_SHAPES)
+def test_softmax_cross_entropy(shape, axis, dtype, rng):
+    logits, labels = normal(rng, shape, dtype), label_distribution(rng, shape, axis, dtype)
+    check_vjp(purebp.softmax_cross_entropy, reference.softmax_cross_entropy, logits, labels, axis)
+    np.testing.assert_allclose(purebp.softmax_cross_entropy(logits, labels, axis),
+                               optax.softmax_cross_entropy(logits, labels, axis), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", ROW_SHAPES)
+def test_softmax_cross_entropy_with_integer_labels(shape, axis, dtype, rng):
+    logits, labels = normal(rng, shape, dtype), integer_labels(rng, shape, axis)
+    op = purebp.softmax_cross_entropy_with_integer_labels
+    check_vjp(op, reference.softmax_cross_entropy_with_integer_labels, logits, labels, axis)
+    np.testing.assert_allclose(op(logits, labels, axis),
+                               optax.softmax_cross_entropy_with_integer_labels(logits, labels, axis),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_targets", [True, False], ids=["targets", "no-targets"])
+@pytest.mark.parametrize("name", ["squared_error", "l2_loss"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_squared_error_family(name, shape, with_targets, dtype, rng):
+    args = (normal(rng, shape, dtype),) + ((normal(rng, shape, dtype),) if with_targets else ())
+    check_vjp(getattr(purebp, name), getattr(reference, name), *args)
+    np.testing.assert_allclose(getattr(purebp, name)(*args), getattr(optax, name)(*args), rtol=1e-6)
+
+
+LOSSES = {
+    "binary_cross_entropy": lambda rng: (uniform(rng, (3, 4), np.float64, 0.05, 0.95),
+                                         uniform(rng, (3, 4), np.float64)),
+    "sigmoid_binary_cross_entropy": lambda rng: (normal(rng, (3, 4), np.float64), uniform(rng, (3, 4), np.float64)),
+    "softmax_cross_entropy": lambda rng: (normal(rng, (3, 4), np.float64),
+                                          label_distribution(rng, (3, 4), -1, np.float64)),
+    "softmax_cross_entropy_with_integer_labels": lambda rng: (normal(rng, (3, 4), np.float64),
+                                                              integer_labels(rng, (3, 4), -1)),
+    "squared_error": lambda rng: (normal(rng, (3, 4), np.float64), normal(rng, (3, 4), np.float64)),
+    "l2_loss": lambda rng: (normal(rng, (3, 4), np.float64), normal(rng, (3, 4), np.float64)),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_finite_differences_float64(name, x64, rng):
+    check_grads(getattr(purebp, name), *LOSSES[name](rng), order=2)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_grad_of_grad_matches_reference(name, x64, rng):
+    args = LOSSES[name](rng)
+
+    def second(op):
+        first = jax.grad(lambda a, *rest: jnp.sum(op(a, *rest) ** 2))
+        return jax.grad(lambda a: jnp.sum(first(a, *args[1:]) ** 2))(args[0])
+
+    np.testing.assert_allclose(second(getattr(purebp, name)), second(getattr(reference, name)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_vmap_matches_batched_call(name, rng):
+    with jax.enable_x64(True):
+        args = LOSSES[name](rng)
+    args = [a.astype(np.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(np.int32) for a in args]
+    op = getattr(purebp, name)
+    np.testing.assert_allclose(jax.vmap(op)(*args), op(*args), rtol=1e-6)
+    grad = jax.grad(lambda a, *rest: jnp.sum(op(a, *rest) ** 2))
+    np.testing.assert_allclose(jax.vmap(grad)(*args), grad(*args), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_residuals_no_larger_than_autodiff(name, rng):
+    with jax.enable_x64(True):
+        args = LOSSES[name](rng)
+    args = [a.astype(np.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(np.int32) for a in args]
+    assert residual_bytes(getattr(purebp, name), *args) <= residual_bytes(getattr(reference, name), *args)
+
+
+# --- the fused rules ------------------------------------------------------------------------
+
+
+def test_sigmoid_binary_cross_entropy_rule_is_sigmoid_minus_label(rng):
+    logits, labels = normal(rng, (50,), np.float32), uniform(rng, (50,), np.float32)
+    grads = jax.grad(lambda z, y: purebp.sigmoid_binary_cross_entropy(z, y).sum(), argnums=(0, 1))(logits, labels)
+    np.testing.assert_allclose(grads[0], jax.nn.sigmoid(logits) - labels, atol=2e-7)
+    np.testing.assert_allclose(grads[1], -logits, rtol=1e-7)
+
+
+def test_softmax_cross_entropy_rule_is_p_minus_label(rng):
+    logits, labels = normal(rng, (6, 5), np.float32), label_distribution(rng, (6, 5), -1, np.float32)
+    grad = jax.grad(lambda z: purebp.softmax_cross_entropy(z, labels).sum())(logits)
+    np.testing.assert_allclose(grad, jax.nn.softmax(logits) - labels, atol=2e-7)
+
+
+def test_unnormalised_labels_scale_p(rng):
+    logits, labels = normal(rng, (4, 3), np.float32), uniform(rng, (4, 3), np.float32)
+    grad = jax.grad(lambda z: purebp.softmax_cross_entropy(z, labels).sum())(logits)
+    np.testing.assert_allclose(grad, jax.nn.softmax(logits) * labels.sum(-1, keepdims=True) - labels, atol=1e-6)
+
+
+def test_integer_labels_rule_is_p_minus_one_hot(rng):
+    logits, labels = normal(rng, (6, 5), np.float32), integer_labels(rng, (6, 5), -1)
+    grad = jax.grad(lambda z: purebp.softmax_cross_entropy_with_integer_labels(z, labels).sum())(logits)
+    np.testing.assert_allclose(grad, jax.nn.softmax(logits) - jax.nn.one_hot(labels, 5), atol=2e-7)
+
+
+def test_negative_integer_labels_count_from_the_end(rng):
+    logits = normal(rng, (4, 5), np.float32)
+    negative, positive = jnp.array([-1, -5, 0, 2]), jnp.array([4, 0, 0, 2])
+    for op in (purebp.softmax_cross_entropy_with_integer_labels, optax.softmax_cross_entropy_with_integer_labels):
+        value, grad = jax.value_and_grad(lambda z: op(z, negative).sum())(logits)
+        np.testing.assert_allclose(value, purebp.softmax_cross_entropy_with_integer_labels(logits, positive).sum(),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(grad, jax.nn.softmax(logits) - jax.nn.one_hot(positive, 5), atol=2e-7)
+
+
+def test_integer_labels_get_a_float0_cotangent(rng):
+    logits, labels = normal(rng, (3, 4), np.float32), integer_labels(rng, (3, 4), -1)
+    loss = lambda z, y: purebp.softmax_cross_entropy_with_integer_labels(z, y).sum()
+    _, label_grad = jax.grad(loss, argnums=(0, 1), allow_int=True)(logits, labels)
+    assert label_grad.dtype == jax.dtypes.float0 and label_grad.shape == labels.shape
+
+
+def test_well_classified_loss_keeps_its_digits():
+    # softplus(−20) ≈ 2.06e-9: the form softplus(z) − y·z would round it to 0 in float32.
+    loss = purebp.sigmoid_binary_cross_entropy(jnp.float32(20.0), jnp.float32(1.0))
+    np.testing.assert_allclose(loss, np.log1p(np.exp(-20.0)), rtol=1e-6)
+    grad = jax.grad(purebp.sigmoid_binary_cross_entropy)(jnp.float32(20.0), jnp.float32(1.0))
+    np.testing.assert_allclose(grad, -1 / (1 + np.exp(20.0)), rtol=1e-6)
+
+
+# --- extremes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("z", [1e4, -1e4], ids=["+1e4", "-1e4"])
+@pytest.mark.parametrize("y", [0.0, 0.3, 1.0])
+def test_sigmoid_binary_cross_entropy_at_huge_logits(z, y):
+    value, grads = jax.value_and_grad(purebp.sigmoid_binary_cross_entropy, argnums=(0, 1))(
+        jnp.float32(z), jnp.float32(y))
+    expected_value = (1 - y) * max(z, 0) + y * max(-z, 0)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-6)
+    np.testing.assert_allclose(grads, ((1.0 if z > 0 else 0.0) - y, -z), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"])
+def test_softmax_cross_entropy_at_huge_logits(name):
+    logits = jnp.array([[1e4, -1e4, 0.0], [1e30, -1e30, 0.0]], jnp.float32)
+    labels = jnp.array([1, 0]) if "integer" in name else jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    value, grad = jax.value_and_grad(lambda z: getattr(purebp, name)(z, labels).sum())(logits)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, [[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("p", [1e-7, 1 - 1e-7], ids=["1e-7", "1-1e-7"])
+@pytest.mark.parametrize("y", [0.0, 0.5, 1.0])
+def test_binary_cross_entropy_near_the_edges(p, y, x64):
+    value, grads = jax.value_and_grad(purebp.binary_cross_entropy, argnums=(0, 1))(jnp.float64(p), jnp.float64(y))
+    np.testing.assert_allclose(value, -(y * np.log(p) + (1 - y) * np.log1p(-p)), rtol=1e-12)
+    np.testing.assert_allclose(grads, ((p - y) / (p * (1 - p)), np.log1p(-p) - np.log(p)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("p, y, expected_grad", [(0.0, 0.0, 1.0), (1.0, 1.0, -1.0)], ids=["p=y=0", "p=y=1"])
+def test_binary_cross_entropy_exact_edges_are_finite(p, y, expected_grad):
+    value, grad = jax.value_and_grad(purebp.binary_cross_entropy)(jnp.float32(p), jnp.float32(y))
+    assert value == 0.0 and grad == expected_grad  # 0 · ln 0 = 0, and its derivative's limit
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["binary_cross_entropy", "sigmoid_binary_cross_entropy", "softmax_cross_entropy",
+                                  "squared_error", "l2_loss"])
+def test_mismatched_shapes_are_value_errors(name):
+    first = {"binary_cross_entropy": "p", "squared_error": "predictions", "l2_loss": "predictions"}.get(name, "logits")
+    second = "targets" if first == "predictions" else "labels"
+    with pytest.raises(ValueError, match=rf"`{second}` must have the shape of `{first}` \(4, 3\), got \(4,\)"):
+        getattr(purebp, name)(jnp.ones((4, 3)), jnp.ones(4))
+
+
+@pytest.mark.parametrize("name", ["binary_cross_entropy", "sigmoid_binary_cross_entropy", "softmax_cross_entropy",
+                                  "softmax_cross_entropy_with_integer_labels", "squared_error", "l2_loss"])
+def test_integer_inputs_are_type_errors(name):
+    with pytest.raises(TypeError, match="must have a floating-point dtype, got int32"):
+        getattr(purebp, name)(jnp.ones((4, 3), jnp.int32), jnp.ones((4, 3), jnp.int32))
+
+
+def test_integer_labels_are_checked():
+    op = purebp.softmax_cross_entropy_with_integer_labels
+    with pytest.raises(TypeError, match="`labels` must have an integer dtype, got float32"):
+        op(jnp.ones((4, 3)), jnp.ones(4))
+    with pytest.raises(ValueError, match=r"`labels` must have the shape of `logits` \(4, 3\) without axis 1, "
+                                         r"\(4,\), got \(3,\)"):
+        op(jnp.ones((4, 3)), jnp.ones(3, jnp.int32))
