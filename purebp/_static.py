@@ -102,6 +102,23 @@ def _is_int(value) -> bool:
     return not isinstance(value, bool)
 
 
+def positive_int(value, name: str) -> int:
+    """Returns ``value`` as an int; raises ValueError unless it is a positive int (not a bool)."""
+    if not _is_int(value) or operator.index(value) < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return operator.index(value)
+
+
+def dilate_shape(sizes, dilation) -> tuple[int, ...]:
+    """Extent of each dim after inserting ``dilation - 1`` gaps between neighbours: ``(n - 1) d + 1``.
+
+    A kernel of ``k`` taps with ``rhs_dilation`` ``d`` spans ``(k - 1) d + 1`` positions (its
+    effective window); an input of ``n`` positions with ``lhs_dilation`` ``s`` spans ``(n - 1) s + 1``.
+    An empty dim stays empty.
+    """
+    return tuple((n - 1) * d + 1 if n > 0 else 0 for n, d in zip(sizes, dilation))
+
+
 def num_spatial_dims(x, name: str = "x") -> int:
     """Checks the channels-last layout ``(N, *spatial, C)`` with 1 to 3 spatial dims; returns their count."""
     check_ndim(x, name, "(N, *spatial, C) with 1, 2 or 3 spatial dims", (3, 4, 5))

@@ -73,3 +73,40 @@ def mlp(params, x, *, activation="sigmoid", output_activation="identity"):
     for layer in params[:-1]:
         x = _ACTIVATIONS[activation](dense(x, layer["w"], layer["b"]))
     return _ACTIVATIONS[output_activation](dense(x, params[-1]["w"], params[-1]["b"]))
+
+
+# Convolutions: lax itself, with the int / (lo, hi) forms of purebp's arguments spelled out for it.
+
+def _conv_spatial(value, num_spatial):
+    return (value,) * num_spatial if isinstance(value, int) else tuple(value)
+
+
+def _conv_padding(padding, num_spatial):
+    if isinstance(padding, str):
+        return padding.upper()
+    if isinstance(padding, int):
+        return ((padding, padding),) * num_spatial
+    return tuple(tuple(pair) for pair in padding)
+
+
+def _conv_layout(num_spatial):
+    spatial = "DHW"[-num_spatial:]  # channels-last: ('NHWC', 'HWIO', 'NHWC') for 2 spatial dims
+    return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
+
+
+def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+    n = x.ndim - 2
+    y = jax.lax.conv_general_dilated(
+        x, w, _conv_spatial(stride, n), _conv_padding(padding, n),
+        rhs_dilation=_conv_spatial(dilation, n), dimension_numbers=_conv_layout(n),
+        feature_group_count=groups)
+    return y if b is None else y + b
+
+
+def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
+    n = x.ndim - 2
+    y = jax.lax.conv_transpose(
+        x, w, _conv_spatial(stride, n), _conv_padding(padding, n),
+        rhs_dilation=_conv_spatial(dilation, n), dimension_numbers=_conv_layout(n),
+        transpose_kernel=False)
+    return y if b is None else y + b

@@ -1,0 +1,237 @@
+r"""Convolutions: conv and conv_transpose, channels-last, 1 to 3 spatial dims.
+
+Layout, stated once: an input is ``(N, *spatial, C_in)``, a kernel ``(*kernel, C_in // groups,
+C_out)`` (``conv_transpose`` has no groups: ``(*kernel, C_in, C_out)``), an output
+``(N, *out_spatial, C_out)``. The number of spatial dims comes from ``x.ndim - 2``.
+
+Both ops are one ``lax.conv_general_dilated`` with explicit ``(lo, hi)`` padding: ``conv`` strides
+its window over the input; ``conv_transpose`` spreads its input ``stride`` apart (lhs dilation) and
+slides the window one position at a time. They share one ``custom_vjp`` core whose backward rule is
+two more convolutions, written out: the input cotangent correlates the cotangent with the flipped
+kernel (a transposed convolution), the kernel cotangent correlates the input with the cotangent,
+the batch being the contracted dim. Residuals: the input and the kernel, nothing else.
+Derivations: ``docs/derivations/convolution.md``, ``docs/derivations/transposed-convolution.md``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from purebp import _static
+
+
+def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
+    r"""N-d convolution (cross-correlation, as in every deep-learning library), channels-last.
+
+    With :math:`\hat x` the input zero-padded by ``(lo, hi)``, :math:`s` the stride, :math:`d` the
+    dilation and :math:`\gamma(c_o)` the group of output channel :math:`c_o`:
+    :math:`y[n, o, c_o] = \sum_{k, c} \hat x[n, o s + k d, \gamma(c_o) C_{in}/G + c]\, w[k, c, c_o] + b[c_o]`.
+    Equals ``lax.conv_general_dilated(x, w, stride, padding, rhs_dilation=dilation,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)`` (and the 1-D, 3-D
+    analogues) plus ``b``.
+
+    Backward: :math:`\bar x` = ``conv_transpose`` of :math:`\bar y` with the flipped kernel (channels
+    swapped per group), :math:`\bar w[k] = \sum_{n,o} \hat x[n, o s + k d]^\top \bar y[n, o]`,
+    :math:`\bar b = \sum_{n,o} \bar y[n, o]`.
+
+    Args:
+      x: floating ``(N, *spatial, C_in)`` with 1, 2 or 3 spatial dims.
+      w: ``(*kernel, C_in // groups, C_out)``, in ``x``'s dtype.
+      b: optional ``(C_out,)``, in ``x``'s dtype.
+      stride: an int or one per spatial dim, positive.
+      padding: ``"VALID"``, ``"SAME"`` (output ``ceil(in / stride)``), an int ``p`` (``(p, p)`` on
+        every spatial dim) or one ``(lo, hi)`` pair per spatial dim.
+      dilation: kernel dilation, an int or one per spatial dim, positive.
+      groups: feature groups; ``C_in`` and ``C_out`` must be divisible by it (``groups == C_in``
+        is a depthwise convolution).
+
+    Returns:
+      ``(N, *out_spatial, C_out)`` in ``x``'s dtype, with ``out = (in + lo + hi - (k - 1) d - 1)
+      // s + 1`` per spatial dim.
+
+    Raises:
+      TypeError: if an argument is not floating or the dtypes differ.
+      ValueError: for a bad rank, mismatched channels, a bad ``groups``, ``stride``, ``dilation``,
+        ``padding`` or ``b``, or a (dilated) kernel larger than the padded input.
+
+    >>> conv(jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 3, 8)), stride=2, padding="SAME").shape
+    (1, 3, 3, 8)
+
+    Derivation: docs/derivations/convolution.md.
+    """
+    n = _check_operands(x, w, b, "(*kernel, C_in // groups, C_out)")
+    groups = _static.positive_int(groups, "groups")
+    c_in, c_out = jnp.shape(x)[-1], jnp.shape(w)[-1]
+    if c_in % groups:
+        raise ValueError(f"`x`'s channels C_in (={c_in}) must be divisible by `groups` (={groups}).")
+    if jnp.shape(w)[-2] != c_in // groups:
+        raise ValueError(
+            f"`w` must have shape (*kernel, {c_in // groups}, C_out) for `x` with {c_in} channels "
+            f"and `groups`={groups}, got {jnp.shape(w)}.")
+    if c_out % groups:
+        raise ValueError(f"`w`'s output channels C_out (={c_out}) must be divisible by `groups` (={groups}).")
+    stride = _static.spatial_tuple(stride, n, "stride")
+    dilation = _static.spatial_tuple(dilation, n, "dilation")
+    padding = _static.normalize_padding(padding, n)
+    in_spatial, window = jnp.shape(x)[1:-1], _static.dilate_shape(jnp.shape(w)[:n], dilation)
+    pairs = _static.padding_pairs(padding, in_spatial, window, stride)
+    _static.check_window_fits(in_spatial, pairs, window, "w")
+    return _conv(stride, pairs, (1,) * n, dilation, groups, b is not None, x, w, b)
+
+
+def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
+    r"""N-d transposed convolution: the input spread ``stride`` apart, then convolved with stride 1.
+
+    With :math:`\tilde x` the input with ``stride - 1`` zeros between neighbours, zero-padded by
+    ``(lo, hi)``: :math:`y[n, o, c_o] = \sum_{k, c} \tilde x[n, o + k d, c]\, w[k, c, c_o] + b[c_o]`.
+    Equals ``lax.conv_transpose(x, w, stride, padding, rhs_dilation=dilation, dimension_numbers=
+    ('NHWC', 'HWIO', 'NHWC'), transpose_kernel=False)`` plus ``b``: explicit pairs pad the spread
+    input (lax's default ``use_consistent_padding=False``), while ``"SAME"`` gives ``in * stride``
+    outputs and ``"VALID"`` ``in * stride + max(k_eff - stride, 0)``, ``k_eff = (k - 1) d + 1``, as
+    Keras' ``Conv2DTranspose``. With the kernel flipped and its channels swapped, it is the adjoint
+    (the input cotangent) of ``conv`` with that stride.
+
+    Backward: :math:`\bar x` = ``conv`` of :math:`\bar y` with the flipped, channel-swapped kernel at
+    ``stride``, :math:`\bar w[k] = \sum_{n,o} \tilde x[n, o + k d]^\top \bar y[n, o]`,
+    :math:`\bar b = \sum_{n,o} \bar y[n, o]`.
+
+    Args:
+      x: floating ``(N, *spatial, C_in)`` with 1, 2 or 3 spatial dims.
+      w: ``(*kernel, C_in, C_out)``, in ``x``'s dtype.
+      b: optional ``(C_out,)``, in ``x``'s dtype.
+      stride: the fractional stride (the upsampling factor), an int or one per spatial dim.
+      padding: ``"VALID"``, ``"SAME"``, an int ``p`` or one ``(lo, hi)`` pair per spatial dim.
+      dilation: kernel dilation, an int or one per spatial dim.
+
+    Returns:
+      ``(N, *out_spatial, C_out)`` in ``x``'s dtype; with explicit pairs
+      ``out = (in - 1) stride + 1 + lo + hi - k_eff + 1``.
+
+    Raises:
+      TypeError: if an argument is not floating or the dtypes differ.
+      ValueError: for a bad rank, mismatched channels, a bad ``stride``, ``dilation``, ``padding``
+        or ``b``, or a (dilated) kernel larger than the padded, spread input.
+
+    >>> conv_transpose(jnp.ones((1, 3, 3, 8)), jnp.ones((3, 3, 8, 4)), stride=2, padding="SAME").shape
+    (1, 6, 6, 4)
+
+    Derivation: docs/derivations/transposed-convolution.md.
+    """
+    n = _check_operands(x, w, b, "(*kernel, C_in, C_out)")
+    c_in = jnp.shape(x)[-1]
+    if jnp.shape(w)[-2] != c_in:
+        raise ValueError(
+            f"`w` must have shape (*kernel, {c_in}, C_out) for `x` with {c_in} channels, "
+            f"got {jnp.shape(w)}.")
+    stride = _static.spatial_tuple(stride, n, "stride")
+    dilation = _static.spatial_tuple(dilation, n, "dilation")
+    padding = _static.normalize_padding(padding, n)
+    window = _static.dilate_shape(jnp.shape(w)[:n], dilation)
+    if isinstance(padding, str):  # "SAME" / "VALID" name the forward conv this one inverts
+        pairs = tuple(_transpose_padding(k, s, padding) for k, s in zip(window, stride))
+    else:  # explicit pairs pad the spread input, as lax.conv_transpose's
+        pairs = padding
+    spread = _static.dilate_shape(jnp.shape(x)[1:-1], stride)
+    _static.check_window_fits(spread, pairs, window, "w")
+    return _conv((1,) * n, pairs, stride, dilation, 1, b is not None, x, w, b)
+
+
+def _check_operands(x, w, b, kernel_layout):
+    """Dtypes and ranks of x, w and b; returns the number of spatial dims."""
+    _static.check_floating(x, "x")
+    _static.check_floating(w, "w")
+    n = _static.num_spatial_dims(x, "x")
+    _static.check_ndim(w, "w", f"{kernel_layout} with {n} kernel dims, as `x` has {n} spatial dims", (n + 2,))
+    if jnp.result_type(w) != jnp.result_type(x):
+        raise TypeError(f"`w` must have the dtype of `x` ({jnp.result_type(x)}), got {jnp.result_type(w)}.")
+    if b is not None:
+        _static.check_floating(b, "b")
+        if jnp.shape(b) != jnp.shape(w)[-1:]:
+            raise ValueError(f"`b` must have shape {jnp.shape(w)[-1:]} (C_out of `w`), got {jnp.shape(b)}.")
+        if jnp.result_type(b) != jnp.result_type(x):
+            raise TypeError(f"`b` must have the dtype of `x` ({jnp.result_type(x)}), got {jnp.result_type(b)}.")
+    return n
+
+
+def _transpose_padding(window, stride, mode):
+    """lax.conv_transpose's (lo, hi) for "SAME" / "VALID", with ``window`` the dilated kernel extent.
+
+    The spread input has ``(in - 1) stride + 1`` positions; these pads make ``in * stride`` outputs
+    ("SAME") or ``in * stride + max(window - stride, 0)`` ("VALID").
+    """
+    if mode == "SAME":
+        total = window + stride - 2
+        lo = window - 1 if stride > window - 1 else -(-total // 2)  # ceil(total / 2)
+    else:
+        total = window + stride - 2 + max(window - stride, 0)
+        lo = window - 1
+    return lo, total - lo
+
+
+def _layout(num_spatial):
+    """Channels-last dimension numbers: e.g. ('NHWC', 'HWIO', 'NHWC') for 2 spatial dims."""
+    spatial = "DHW"[-num_spatial:]
+    return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
+
+
+# The core: y = conv_general_dilated(x, w) with window stride `stride`, explicit pairs `padding`,
+# input (lhs) dilation `input_dilation` and kernel (rhs) dilation `dilation`. conv has
+# input_dilation = 1; conv_transpose has stride = 1 and input_dilation = its stride.
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
+def _conv(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b):
+    y = lax.conv_general_dilated(
+        x, w, window_strides=stride, padding=padding, lhs_dilation=input_dilation,
+        rhs_dilation=dilation, dimension_numbers=_layout(x.ndim - 2), feature_group_count=groups)
+    return y + b if has_bias else y
+
+
+def _conv_fwd(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b):
+    return _conv(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b), (x, w)
+
+
+def _conv_bwd(stride, padding, input_dilation, dilation, groups, has_bias, res, g):
+    # ((x, w), ct y) -> (ct x, ct w, ct b). Per spatial dim, y[o] reads x̂[o s + k d] = x[i] where
+    # i l + lo = o s + k d (l = input_dilation), so both cotangents sum over exactly those (o, k, i).
+    x, w = res
+    n = x.ndim - 2
+    data, kernel, _ = _layout(n)
+    spatial = data[1:-1]
+    spread = _static.dilate_shape(x.shape[1:-1], input_dilation)  # (in − 1) l + 1
+    window = _static.dilate_shape(w.shape[:n], dilation)  # k_eff = (k − 1) d + 1
+    # r: padded positions past the last window, never read when s does not divide the input
+    remainder = [e + lo + hi - k - (o - 1) * s
+                 for e, (lo, hi), k, o, s in zip(spread, padding, window, g.shape[1:-1], stride)]
+    # x̄[i] = Σ_k ȳ[(i l + lo − k d) / s] w[k]ᵀ: ȳ spread s apart, padded (k_eff−1−lo, k_eff−1−hi+r),
+    # correlated with the flipped kernel at stride l — a transposed convolution of ȳ
+    dx = lax.conv_general_dilated(
+        g, _flip_and_swap(w, groups), window_strides=input_dilation,
+        padding=[(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip(window, padding, remainder)],
+        lhs_dilation=stride, rhs_dilation=dilation, dimension_numbers=(data, kernel, data),
+        feature_group_count=groups)
+    # w̄[k] = Σ_{n,o} x̂[n, o s + k d]ᵀ ȳ[n, o]: ȳ is the kernel (dilated by s), the batch N the
+    # contracted dim, window stride d; x's channels are the batch, split into groups
+    dw = lax.conv_general_dilated(
+        x, g, window_strides=dilation, padding=[(lo, hi - r) for (lo, hi), r in zip(padding, remainder)],
+        lhs_dilation=input_dilation, rhs_dilation=stride,
+        dimension_numbers=("C" + spatial + "N", "I" + spatial + "O", spatial + "NC"),
+        batch_group_count=groups)
+    db = g.sum(tuple(range(g.ndim - 1))) if has_bias else None  # b̄ = Σ_{n,o} ȳ
+    return dx, dw, db
+
+
+def _flip_and_swap(w, groups):
+    """The input cotangent's kernel: w[k, c, γ·C_out/G + j] -> w'[K−1−k, j, γ·C_in/G + c].
+
+    ``(*kernel, C_in // G, C_out)`` becomes ``(*kernel, C_out // G, C_in)``: spatial dims reversed,
+    each group's in/out channel block transposed in place.
+    """
+    *kernel, c_in_group, c_out = w.shape
+    n = len(kernel)
+    w = lax.rev(w, tuple(range(n))).reshape(*kernel, c_in_group, groups, c_out // groups)
+    return jnp.swapaxes(w, n, n + 2).reshape(*kernel, c_out // groups, groups * c_in_group)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
