@@ -1,0 +1,46 @@
+"""What the examples share: the datasets that ship with scikit-learn, and their command line."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.model_selection import train_test_split
+
+
+def digits(*, images: bool = False, seed: int = 0):
+    """The 1,797 8×8 handwritten digits, scaled to [0, 1], split 75/25 (stratified, fixed seed).
+
+    Returns ``(x_train, y_train, x_test, y_test)``: ``x`` is ``[N, 64]``, or ``[N, 8, 8, 1]`` with
+    ``images``; ``y`` holds int32 class indices.
+    """
+    data = load_digits()
+    x = (data.images if images else data.data).astype(np.float32) / 16.0
+    x = x[..., None] if images else x
+    return _split(x, data.target.astype(np.int32), seed)
+
+
+def breast_cancer(*, seed: int = 0):
+    """The 569 Wisconsin breast-cancer cases, 30 features standardised with the training split's
+    mean and deviation. Returns ``(x_train, y_train, x_test, y_test)``, ``y`` as float32 0/1."""
+    data = load_breast_cancer()
+    x_train, y_train, x_test, y_test = _split(data.data.astype(np.float32), data.target.astype(np.float32), seed)
+    mean, std = x_train.mean(0), x_train.std(0)
+    return (x_train - mean) / std, y_train, (x_test - mean) / std, y_test
+
+
+def _split(x, y, seed):
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
+    return x_train, y_train, x_test, y_test
+
+
+def parser(description: str, *, epochs: int, learning_rate: float, batch_size: int) -> argparse.ArgumentParser:
+    """The options every example takes."""
+    cli = argparse.ArgumentParser(description=description)
+    cli.add_argument("--epochs", type=int, default=epochs, help="passes over the training set (default %(default)s)")
+    cli.add_argument("--learning-rate", type=float, default=learning_rate,
+                     help="SGD learning rate, momentum 0.9 (default %(default)s)")
+    cli.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (default %(default)s)")
+    cli.add_argument("--seed", type=int, default=0, help="seed of the initialisation and shuffling (default 0)")
+    cli.add_argument("--save", metavar="PATH", help="write the trained params to PATH (.npz)")
+    return cli

@@ -1,0 +1,209 @@
+"""Layers as pure ``init``/``apply`` pairs over parameter pytrees, in the manner of stax.
+
+Each constructor returns a ``Layer(init, apply)``:
+
+- ``init(key, input_shape) -> (output_shape, params)``, where ``input_shape`` includes the batch
+  dim. Params are ``{"w", "b"}`` dicts, ``{}`` for layers without parameters, and a list of the
+  children's params for ``serial``. The output shape is inferred by abstract evaluation
+  (``jax.eval_shape``: no FLOPs, no memory), which also runs the op's own validation, so a bad
+  ``input_shape`` fails in ``init`` with an error naming the layer.
+- ``apply(params, x) -> y`` calls purebp's ops, so every gradient taken through a model flows
+  through hand-written VJPs.
+
+Layouts are the ops': dense ``x[..., in] @ w[in, out]``, convolutions channels-last
+``(N, *spatial, C)`` with kernels ``(*kernel, C_in // groups, C_out)``. Weights default to LeCun
+normal (``jax.nn.initializers.lecun_normal``, flax's default: variance 1 / fan_in) and biases to
+zeros; pass ``w_init``/``b_init`` (any ``jax.nn.initializers`` function) to override, e.g.
+``he_normal()`` for relu networks or ``glorot_uniform()`` for sigmoid and tanh ones.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.nn import initializers
+
+import purebp
+from purebp import _static
+
+
+class Layer(NamedTuple):
+    """A pure layer: ``init(key, input_shape) -> (output_shape, params)``, ``apply(params, x) -> y``."""
+
+    init: Callable
+    apply: Callable
+
+
+def _layer(name: str, make_params: Callable, apply: Callable) -> Layer:
+    """A Layer whose init makes params with ``make_params(key, x)`` and infers the output shape.
+
+    ``x`` is the abstract input (a ``jax.ShapeDtypeStruct``), so ``make_params`` can validate it
+    with the ops' own checks before reading its shape.
+    """
+
+    def init(key, input_shape):
+        x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), jnp.float32)
+        try:
+            params = make_params(key, x)
+            output = jax.eval_shape(apply, params, x)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name} cannot take input_shape {x.shape}: {error}") from None
+        return output.shape, params
+
+    return Layer(init, apply)
+
+
+def _check_shape(name, input_shape):
+    if (not isinstance(input_shape, Sequence)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in input_shape)):
+        raise TypeError(f"{name}: `input_shape` must be a tuple of non-negative ints (batch dim included), "
+                        f"got {input_shape!r}.")
+    return tuple(input_shape)
+
+
+def _no_params(key, x):
+    return {}
+
+
+def Dense(features: int, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
+    """``purebp.dense`` with params ``{"w": [in, features], "b": [features]}``."""
+    features = _static.positive_int(features, "features")
+
+    def make_params(key, x):
+        _static.check_ndim(x, "x", "[..., in] with at least one dim", range(1, x.ndim + 1))
+        w_key, b_key = jax.random.split(key)
+        return {"w": w_init(w_key, (x.shape[-1], features)), "b": b_init(b_key, (features,))}
+
+    return _layer(f"Dense({features})", make_params, lambda params, x: purebp.dense(x, params["w"], params["b"]))
+
+
+def Conv(features: int, kernel_size, stride=1, padding="SAME", dilation=1, groups: int = 1,
+         use_bias: bool = True, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
+    """``purebp.conv`` with params ``{"w": (*kernel_size, C_in // groups, features), "b": [features]}``.
+
+    ``"b"`` is absent when ``use_bias`` is False. Options as ``purebp.conv``; ``kernel_size`` is an
+    int or one per spatial dim.
+    """
+    name = f"Conv({features}, {kernel_size})"
+    features, groups = _static.positive_int(features, "features"), _static.positive_int(groups, "groups")
+
+    def make_params(key, x):
+        kernel = _static.spatial_tuple(kernel_size, _static.num_spatial_dims(x), "kernel_size")
+        return _kernel_and_bias(key, kernel + (x.shape[-1] // groups, features), use_bias, w_init, b_init)
+
+    def apply(params, x):
+        return purebp.conv(x, params["w"], params.get("b"), stride=stride, padding=padding, dilation=dilation,
+                           groups=groups)
+
+    return _layer(name, make_params, apply)
+
+
+def ConvTranspose(features: int, kernel_size, stride=1, padding="SAME", dilation=1, use_bias: bool = True, *,
+                  w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
+    """``purebp.conv_transpose`` with params ``{"w": (*kernel_size, C_in, features), "b": [features]}``."""
+    name = f"ConvTranspose({features}, {kernel_size})"
+    features = _static.positive_int(features, "features")
+
+    def make_params(key, x):
+        kernel = _static.spatial_tuple(kernel_size, _static.num_spatial_dims(x), "kernel_size")
+        return _kernel_and_bias(key, kernel + (x.shape[-1], features), use_bias, w_init, b_init)
+
+    def apply(params, x):
+        return purebp.conv_transpose(x, params["w"], params.get("b"), stride=stride, padding=padding,
+                                     dilation=dilation)
+
+    return _layer(name, make_params, apply)
+
+
+def _kernel_and_bias(key, kernel_shape, use_bias, w_init, b_init):
+    w_key, b_key = jax.random.split(key)
+    params = {"w": w_init(w_key, kernel_shape)}
+    if use_bias:
+        params["b"] = b_init(b_key, kernel_shape[-1:])
+    return params
+
+
+def MaxPool(window, stride=None, padding="VALID") -> Layer:
+    """``purebp.max_pool``; no params."""
+    return _layer(f"MaxPool({window})", _no_params,
+                  lambda params, x: purebp.max_pool(x, window, stride=stride, padding=padding))
+
+
+def AvgPool(window, stride=None, padding="VALID", count_include_pad: bool = True) -> Layer:
+    """``purebp.avg_pool``; no params."""
+    return _layer(f"AvgPool({window})", _no_params,
+                  lambda params, x: purebp.avg_pool(x, window, stride=stride, padding=padding,
+                                                    count_include_pad=count_include_pad))
+
+
+def ZeroPad(padding) -> Layer:
+    """``purebp.zero_pad`` of the spatial dims; no params."""
+    return _layer(f"ZeroPad({padding})", _no_params, lambda params, x: purebp.zero_pad(x, padding))
+
+
+def Flatten() -> Layer:
+    """Flattens every dim after the batch dim; no params. (A reshape: its VJP is the inverse reshape.)"""
+    return _layer("Flatten()", _no_params, lambda params, x: x.reshape(x.shape[0], math.prod(x.shape[1:])))
+
+
+def _activation(name: str, op: Callable) -> Callable[[], Layer]:
+    def constructor() -> Layer:
+        return _layer(f"{name}()", _no_params, lambda params, x: op(x))
+
+    constructor.__name__ = constructor.__qualname__ = name
+    constructor.__doc__ = f"``purebp.{op.__name__}`` as a layer; no params."
+    return constructor
+
+
+Sigmoid = _activation("Sigmoid", purebp.sigmoid)
+Relu = _activation("Relu", purebp.relu)
+Tanh = _activation("Tanh", purebp.tanh)
+Softmax = _activation("Softmax", purebp.softmax)
+LogSoftmax = _activation("LogSoftmax", purebp.log_softmax)
+
+
+def MLP(sizes: Sequence[int], activation: str = "sigmoid", output_activation: str = "identity", *,
+        w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
+    """``purebp.mlp``, the whole network as one VJP; params are a list of ``{"w", "b"}``.
+
+    ``sizes`` lists the widths after the input: ``MLP((64, 10))`` is one hidden layer of 64 and an
+    output of 10, the input width coming from ``input_shape``.
+    """
+    sizes = tuple(_static.positive_int(size, f"sizes[{i}]") for i, size in enumerate(sizes))
+    if not sizes:
+        raise ValueError("`sizes` must list at least one layer width, got ().")
+
+    def make_params(key, x):
+        _static.check_ndim(x, "x", "[..., in] with at least one dim", range(1, x.ndim + 1))
+        widths = (x.shape[-1],) + sizes
+        keys = jax.random.split(key, 2 * len(sizes))
+        return [{"w": w_init(keys[2 * l], (m, n)), "b": b_init(keys[2 * l + 1], (n,))}
+                for l, (m, n) in enumerate(zip(widths[:-1], widths[1:]))]
+
+    def apply(params, x):
+        return purebp.mlp(params, x, activation=activation, output_activation=output_activation)
+
+    return _layer(f"MLP({sizes})", make_params, apply)
+
+
+def serial(*layers: Layer) -> Layer:
+    """Layers in sequence; params are the list of the children's params, one key split per child."""
+    if not layers or not all(isinstance(layer, Layer) for layer in layers):
+        raise TypeError(f"serial takes one or more Layers, got {layers!r}.")
+
+    def init(key, input_shape):
+        params = []
+        for layer, layer_key in zip(layers, jax.random.split(key, len(layers))):
+            input_shape, layer_params = layer.init(layer_key, input_shape)
+            params.append(layer_params)
+        return input_shape, params
+
+    def apply(params, x):
+        for layer, layer_params in zip(layers, params):
+            x = layer.apply(layer_params, x)
+        return x
+
+    return Layer(init, apply)

@@ -1,0 +1,71 @@
+"""The examples: each core runs in a fast mode by default; the slow tests check their accuracies."""
+import importlib
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn", reason="the examples need the `examples` extra")
+pytest.importorskip("matplotlib", reason="the examples need the `examples` extra")
+sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "examples"))
+
+
+def example(name):
+    return importlib.import_module(name)
+
+
+def quiet(line):
+    pass
+
+
+def test_mlp_layer_by_layer_and_whole_network_agree():
+    results = example("train_mlp").run(epochs=2, log=quiet)
+    assert results["gradient_gap"] < 1e-6
+    for name in ("layer-by-layer", "purebp.mlp"):
+        assert results[name]["test_accuracy"] > 0.3  # well above chance (0.1) after two epochs
+
+
+def test_binary_runs():
+    assert example("train_binary").run(epochs=2, log=quiet)["test_accuracy"] > 0.8
+
+
+def test_cnn_runs():
+    assert example("train_cnn").run(epochs=1, log=quiet)["test_accuracy"] > 0.5
+
+
+def test_autoencoder_writes_its_pictures(tmp_path):
+    result = example("train_autoencoder").run(epochs=2, out_dir=tmp_path, log=quiet)
+    assert result["history"][-1]["test_loss"] < result["history"][0]["test_loss"]
+    for png in ("reconstructions.png", "loss.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_save_writes_loadable_params(tmp_path):
+    from purebp.checkpoint import load_params
+
+    result = example("train_binary").main(["--epochs", "1", "--save", str(tmp_path / "binary.npz")])
+    loaded = load_params(tmp_path / "binary.npz")
+    np.testing.assert_array_equal(loaded[0]["w"], result["params"][0]["w"])
+
+
+@pytest.mark.slow
+def test_mlp_reaches_95_percent():
+    results = example("train_mlp").run(log=quiet)
+    assert results["layer-by-layer"]["test_accuracy"] >= 0.95
+    assert results["purebp.mlp"]["test_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_binary_reaches_95_percent():
+    assert example("train_binary").run(log=quiet)["test_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_cnn_reaches_97_percent():
+    assert example("train_cnn").run(log=quiet)["test_accuracy"] >= 0.97
+
+
+@pytest.mark.slow
+def test_autoencoder_reconstructs(tmp_path):
+    assert example("train_autoencoder").run(out_dir=tmp_path, log=quiet)["test_loss"] < 0.005

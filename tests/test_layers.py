@@ -1,0 +1,123 @@
+"""Layers: init's inferred shapes equal apply's, params are named and structured, errors name the layer."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import purebp
+from purebp import layers
+
+KEY = jax.random.PRNGKey(0)
+
+# (layer, input shapes it must handle)
+LAYERS = {
+    "Dense": (lambda: layers.Dense(7), [(4, 5), (2, 3, 5), (5,)]),
+    "Conv-1d": (lambda: layers.Conv(6, 3, stride=2), [(2, 9, 3), (1, 4, 2)]),
+    "Conv-2d-valid-dilated": (lambda: layers.Conv(4, (3, 2), padding="VALID", dilation=(1, 2)), [(2, 7, 8, 3)]),
+    "Conv-3d-groups": (lambda: layers.Conv(4, 2, groups=2, use_bias=False), [(1, 3, 4, 5, 2)]),
+    "ConvTranspose-2d": (lambda: layers.ConvTranspose(5, 3, stride=2), [(2, 4, 5, 3), (1, 1, 1, 2)]),
+    "ConvTranspose-1d-valid": (lambda: layers.ConvTranspose(2, 4, stride=3, padding="VALID"), [(2, 5, 3)]),
+    "MaxPool": (lambda: layers.MaxPool(2), [(2, 8, 8, 3), (1, 7, 5, 2)]),
+    "MaxPool-overlap-same": (lambda: layers.MaxPool(3, stride=2, padding="SAME"), [(2, 7, 3), (1, 5, 6, 2)]),
+    "AvgPool": (lambda: layers.AvgPool((2, 1), padding=((1, 0), (0, 0)), count_include_pad=False), [(2, 5, 4, 3)]),
+    "ZeroPad": (lambda: layers.ZeroPad(((1, 2), (0, 3))), [(2, 4, 5, 3)]),
+    "Flatten": (lambda: layers.Flatten(), [(2, 3, 4, 5), (3, 2)]),
+    "Sigmoid": (lambda: layers.Sigmoid(), [(2, 3)]),
+    "Relu": (lambda: layers.Relu(), [(2, 3, 4)]),
+    "Tanh": (lambda: layers.Tanh(), [(5,)]),
+    "Softmax": (lambda: layers.Softmax(), [(2, 3)]),
+    "LogSoftmax": (lambda: layers.LogSoftmax(), [(2, 3)]),
+    "MLP": (lambda: layers.MLP((6, 3), activation="tanh"), [(4, 5), (5,)]),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_init_shape_equals_apply_shape(name, rng):
+    make, shapes = LAYERS[name]
+    layer = make()
+    for shape in shapes:
+        output_shape, params = layer.init(KEY, shape)
+        y = layer.apply(params, jnp.asarray(rng.standard_normal(shape), jnp.float32))
+        assert output_shape == y.shape, shape
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_params_are_named(name):
+    make, shapes = LAYERS[name]
+    _, params = make().init(KEY, shapes[0])
+    if name == "MLP":
+        assert [set(p) for p in params] == [{"w", "b"}] * 2
+    elif name.startswith(("Dense", "Conv")):
+        assert set(params) == ({"w"} if "groups" in name else {"w", "b"})
+    else:
+        assert params == {}
+
+
+def test_param_shapes_and_initialisers():
+    _, params = layers.Conv(8, (3, 2), groups=2, w_init=jax.nn.initializers.ones,
+                            b_init=jax.nn.initializers.constant(0.5)).init(KEY, (1, 6, 6, 4))
+    assert params["w"].shape == (3, 2, 2, 8) and np.all(params["w"] == 1) and np.all(params["b"] == 0.5)
+    _, params = layers.Dense(3).init(KEY, (100, 400))
+    assert abs(float(params["w"].std()) - 1 / np.sqrt(400)) < 0.005  # LeCun normal: variance 1 / fan_in
+    assert np.all(params["b"] == 0)
+
+
+def test_serial_params_and_keys():
+    model = layers.serial(layers.Dense(4), layers.Relu(), layers.Dense(4), layers.serial(layers.Dense(2)))
+    output_shape, params = model.init(KEY, (3, 5))
+    assert output_shape == (3, 2)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+        [{"w": 0, "b": 0}, {}, {"w": 0, "b": 0}, [{"w": 0, "b": 0}]])
+    assert not np.allclose(params[0]["w"][:4], params[2]["w"])  # one key per child
+    _, again = model.init(KEY, (3, 5))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, again)  # deterministic
+
+
+def test_serial_apply_composes(rng):
+    model = layers.serial(layers.Dense(4), layers.Sigmoid(), layers.Dense(3))
+    _, params = model.init(KEY, (2, 5))
+    x = jnp.asarray(rng.standard_normal((2, 5)), jnp.float32)
+    expected = purebp.dense(purebp.sigmoid(purebp.dense(x, params[0]["w"], params[0]["b"])), params[2]["w"],
+                            params[2]["b"])
+    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-6)
+
+
+def test_mlp_layer_equals_serial_dense_layers(rng):
+    x = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
+    _, mlp_params = layers.MLP((4, 3)).init(KEY, x.shape)
+    serial = layers.serial(layers.Dense(4), layers.Sigmoid(), layers.Dense(3))
+    serial_params = [mlp_params[0], {}, mlp_params[1]]
+    loss = lambda model, p: jnp.sum(model.apply(p, x) ** 2)
+    np.testing.assert_allclose(loss(layers.MLP((4, 3)), mlp_params), loss(serial, serial_params), rtol=1e-6)
+    mlp_grads = jax.grad(lambda p: loss(layers.MLP((4, 3)), p))(mlp_params)
+    serial_grads = jax.grad(lambda p: loss(serial, p))(serial_params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                           mlp_grads, [serial_grads[0], serial_grads[2]])
+
+
+@pytest.mark.parametrize("layer, shape, error, match", [
+    pytest.param(layers.Conv(4, 3), (5, 3), ValueError, r"Conv\(4, 3\) cannot take input_shape \(5, 3\): "
+                 r"`x` must be \(N, \*spatial, C\)", id="conv-rank"),
+    pytest.param(layers.Conv(4, 3, groups=2), (2, 5, 5, 3), ValueError, r"Conv\(4, 3\) cannot take .*divisible by "
+                 r"`groups`", id="conv-groups"),
+    pytest.param(layers.Conv(4, 5, padding="VALID"), (2, 3, 3, 1), ValueError, r"larger than the padded input",
+                 id="kernel-too-big"),
+    pytest.param(layers.MaxPool(4), (2, 3, 3, 1), ValueError, r"MaxPool\(4\) cannot take", id="window-too-big"),
+    pytest.param(layers.Dense(3), (), ValueError, r"Dense\(3\) cannot take input_shape \(\)", id="dense-scalar"),
+    pytest.param(layers.Dense(3), (2, "5"), TypeError, r"Dense\(3\): `input_shape` must be a tuple of non-negative "
+                 r"ints", id="bad-shape"),
+    pytest.param(layers.Conv(4, (3, 3, 3)), (2, 5, 5, 1), ValueError, r"`kernel_size` must be an int or a tuple of 2 "
+                 r"ints", id="kernel-size"),
+])
+def test_bad_input_shape_names_the_layer(layer, shape, error, match):
+    with pytest.raises(error, match=match):
+        layer.init(KEY, shape)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="`features` must be a positive int, got 0"):
+        layers.Dense(0)
+    with pytest.raises(ValueError, match=r"`sizes` must list at least one layer width"):
+        layers.MLP(())
+    with pytest.raises(TypeError, match="serial takes one or more Layers"):
+        layers.serial(purebp.relu)
