@@ -6,6 +6,7 @@ from whatever ``loss_fn`` calls (with purebp's layers, hand-written VJPs all the
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -88,13 +89,19 @@ def evaluate(apply_fn: Callable, params, inputs, labels, *, loss_fn: Callable,
     Returns:
       ``{"loss": mean loss, "accuracy": fraction correct}`` as Python floats.
     """
-    outputs_and_labels = jax.jit(lambda p, x, y: (apply_fn(p, x), y))
+    forward = _jitted(apply_fn)
     total_loss = total_correct = 0.0
     for x, y in batches(None, (inputs, labels), batch_size, shuffle=False):
-        outputs, y = outputs_and_labels(params, x, y)
+        outputs = forward(params, x)
         total_loss += float(jnp.mean(loss_fn(outputs, y))) * len(x)
         total_correct += float(accuracy(outputs, y)) * len(x)
     return {"loss": total_loss / len(inputs), "accuracy": total_correct / len(inputs)}
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(apply_fn):
+    """One jitted forward per model, so evaluating after every epoch compiles once."""
+    return jax.jit(apply_fn)
 
 
 def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_size: int,
