@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import time
 
+import jax
 import numpy as np
+import optax
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
+
+from purebp import training
+from purebp.checkpoint import save_params
 
 
 def digits(*, images: bool = False, seed: int = 0):
@@ -44,3 +50,28 @@ def parser(description: str, *, epochs: int, learning_rate: float, batch_size: i
     cli.add_argument("--seed", type=int, default=0, help="seed of the initialisation and shuffling (default 0)")
     cli.add_argument("--save", metavar="PATH", help="write the trained params to PATH (.npz)")
     return cli
+
+
+def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evaluate_fn=None, log=print):
+    """``training.fit`` with SGD and momentum 0.9, shuffled from ``seed``; returns ``(params, history, seconds)``."""
+    start = time.perf_counter()
+    params, history = training.fit(
+        loss, params, data, key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
+        optimizer=optax.sgd(learning_rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log)
+    return params, history, time.perf_counter() - start
+
+
+def metrics_on_test_set(apply_fn, x_test, y_test, loss_fn):
+    """An ``evaluate_fn`` for ``fit``: the test set's loss and accuracy, as test_loss and test_accuracy."""
+    def evaluate(params):
+        metrics = training.evaluate(apply_fn, params, x_test, y_test, loss_fn=loss_fn)
+        return {"test_" + name: value for name, value in metrics.items()}
+
+    return evaluate
+
+
+def save_if_asked(args, params):
+    """Writes ``params`` where ``--save`` asks."""
+    if args.save:
+        save_params(args.save, params)
+        print(f"saved the params to {args.save}")

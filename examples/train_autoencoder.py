@@ -7,17 +7,13 @@ Writes two PNGs: test digits above their reconstructions, and the loss curves.
 from __future__ import annotations
 
 import os
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.nn import initializers
 
 import purebp
-from purebp import layers, training
-from purebp.checkpoint import save_params
+from purebp import layers
 
 import common
 
@@ -44,12 +40,9 @@ def run(*, epochs=40, learning_rate=0.5, batch_size=32, seed=0, out_dir="autoenc
         return per_example_loss(net.apply(params, x), x).mean()
 
     test_loss = jax.jit(lambda p: loss(p, x_test))
-    start = time.perf_counter()
-    params, history = training.fit(
-        loss, params, (x_train,), key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
-        optimizer=optax.sgd(learning_rate, momentum=0.9), log=log,
-        evaluate_fn=lambda p: {"test_loss": float(test_loss(p))})
-    seconds = time.perf_counter() - start
+    params, history, seconds = common.train(
+        loss, params, (x_train,), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+        evaluate_fn=lambda p: {"test_loss": float(test_loss(p))}, log=log)
     final = history[-1]["test_loss"]
     log(f"test l2 loss {final:.4f} (mean squared error {2 * final:.4f}) in {seconds:.1f}s")
     if out_dir:
@@ -97,9 +90,7 @@ def main(argv=None):
     args = cli.parse_args(argv)
     result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
                  out_dir=args.out_dir)
-    if args.save:
-        save_params(args.save, result["params"])
-        print(f"saved the params to {args.save}")
+    common.save_if_asked(args, result["params"])
     return result
 
 

@@ -5,14 +5,10 @@ logit, so the backward pass starts from σ(z) − y, trained with SGD and moment
 """
 from __future__ import annotations
 
-import time
-
 import jax
-import optax
 
 import purebp
-from purebp import layers, training
-from purebp.checkpoint import save_params
+from purebp import layers
 
 import common
 
@@ -29,13 +25,9 @@ def run(*, epochs=40, learning_rate=0.05, batch_size=32, hidden=16, seed=0, log=
     def loss(params, x, y):
         return per_example_loss(model.apply(params, x), y).mean()
 
-    start = time.perf_counter()
-    params, history = training.fit(
-        loss, params, (x_train, y_train), key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
-        optimizer=optax.sgd(learning_rate, momentum=0.9), log=log,
-        evaluate_fn=lambda p: {"test_" + k: v for k, v in training.evaluate(
-            model.apply, p, x_test, y_test, loss_fn=per_example_loss).items()})
-    seconds = time.perf_counter() - start
+    params, history, seconds = common.train(
+        loss, params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+        evaluate_fn=common.metrics_on_test_set(model.apply, x_test, y_test, per_example_loss), log=log)
     log(f"test accuracy {history[-1]['test_accuracy']:.2%} in {seconds:.1f}s")
     return {"params": params, "history": history, "seconds": seconds, "test_accuracy": history[-1]["test_accuracy"]}
 
@@ -43,9 +35,7 @@ def run(*, epochs=40, learning_rate=0.05, batch_size=32, hidden=16, seed=0, log=
 def main(argv=None):
     args = common.parser(__doc__.splitlines()[0], epochs=40, learning_rate=0.05, batch_size=32).parse_args(argv)
     result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed)
-    if args.save:
-        save_params(args.save, result["params"])
-        print(f"saved the params to {args.save}")
+    common.save_if_asked(args, result["params"])
     return result
 
 

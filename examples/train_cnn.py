@@ -7,15 +7,11 @@ average pool's even spread, the padding's slice.
 """
 from __future__ import annotations
 
-import time
-
 import jax
-import optax
 from jax.nn import initializers
 
 import purebp
-from purebp import layers, training
-from purebp.checkpoint import save_params
+from purebp import layers
 
 import common
 
@@ -39,13 +35,10 @@ def run(*, epochs=15, learning_rate=0.05, batch_size=32, seed=0, log=print):
     def loss(params, x, y):
         return purebp.softmax_cross_entropy_with_integer_labels(net.apply(params, x), y).mean()
 
-    start = time.perf_counter()
-    params, history = training.fit(
-        loss, params, (x_train, y_train), key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
-        optimizer=optax.sgd(learning_rate, momentum=0.9), log=log,
-        evaluate_fn=lambda p: {"test_" + k: v for k, v in training.evaluate(
-            net.apply, p, x_test, y_test, loss_fn=purebp.softmax_cross_entropy_with_integer_labels).items()})
-    seconds = time.perf_counter() - start
+    params, history, seconds = common.train(
+        loss, params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+        evaluate_fn=common.metrics_on_test_set(net.apply, x_test, y_test, purebp.softmax_cross_entropy_with_integer_labels),
+        log=log)
     log(f"test accuracy {history[-1]['test_accuracy']:.2%} in {seconds:.1f}s")
     return {"params": params, "history": history, "seconds": seconds, "test_accuracy": history[-1]["test_accuracy"]}
 
@@ -53,9 +46,7 @@ def run(*, epochs=15, learning_rate=0.05, batch_size=32, seed=0, log=print):
 def main(argv=None):
     args = common.parser(__doc__.splitlines()[0], epochs=15, learning_rate=0.05, batch_size=32).parse_args(argv)
     result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed)
-    if args.save:
-        save_params(args.save, result["params"])
-        print(f"saved the params to {args.save}")
+    common.save_if_asked(args, result["params"])
     return result
 
 

@@ -7,16 +7,11 @@ from the same weights: the script shows their gradients agree, then trains both.
 """
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 import purebp
-from purebp import layers, training
-from purebp.checkpoint import save_params
+from purebp import layers
 
 import common
 
@@ -45,14 +40,11 @@ def run(*, epochs=30, learning_rate=0.1, batch_size=32, hidden=64, seed=0, log=p
     results = {"gradient_gap": gradient_gap}
     for name, model, params in (("layer-by-layer", by_layer, layer_params), ("purebp.mlp", whole, mlp_params)):
         log(f"-- {name}")
-        start = time.perf_counter()
-        params, history = training.fit(
-            loss_of(model), params, (x_train, y_train), key=jax.random.PRNGKey(seed + 1), epochs=epochs,
-            batch_size=batch_size, optimizer=optax.sgd(learning_rate, momentum=0.9), log=log,
-            evaluate_fn=lambda p: {"test_" + k: v for k, v in training.evaluate(
-                model.apply, p, x_test, y_test,
-                loss_fn=purebp.softmax_cross_entropy_with_integer_labels).items()})
-        results[name] = {"params": params, "history": history, "seconds": time.perf_counter() - start,
+        params, history, seconds = common.train(
+            loss_of(model), params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate,
+            batch_size=batch_size, seed=seed, log=log, evaluate_fn=common.metrics_on_test_set(
+                model.apply, x_test, y_test, purebp.softmax_cross_entropy_with_integer_labels))
+        results[name] = {"params": params, "history": history, "seconds": seconds,
                          "test_accuracy": history[-1]["test_accuracy"]}
         log(f"{name}: test accuracy {history[-1]['test_accuracy']:.2%} in {results[name]['seconds']:.1f}s")
     return results
@@ -61,9 +53,7 @@ def run(*, epochs=30, learning_rate=0.1, batch_size=32, hidden=64, seed=0, log=p
 def main(argv=None):
     args = common.parser(__doc__.splitlines()[0], epochs=30, learning_rate=0.1, batch_size=32).parse_args(argv)
     results = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed)
-    if args.save:
-        save_params(args.save, results["purebp.mlp"]["params"])
-        print(f"saved the purebp.mlp params to {args.save}")
+    common.save_if_asked(args, results["purebp.mlp"]["params"])  # the params of the purebp.mlp run
     return results
 
 
