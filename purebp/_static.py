@@ -143,3 +143,15 @@ def check_window_fits(in_spatial, pairs, window, name: str) -> None:
         raise ValueError(
             f"`{name}` spans {tuple(window)} spatial positions, larger than the padded input "
             f"{padded} (input {tuple(in_spatial)}, padding {pairs}).")
+
+
+def explicit_padding(padding, num_spatial: int, name: str = "padding") -> tuple[tuple[int, int], ...]:
+    """``normalize_padding`` for ops with no window (zero_pad): an int or ``(lo, hi)`` pairs, no strings.
+
+    "SAME" and "VALID" are defined by a window and a stride, so a string raises ValueError here.
+    """
+    if isinstance(padding, str):
+        raise ValueError(
+            f"`{name}` must be an int or a sequence of {num_spatial} (lo, hi) pairs of ints (one per "
+            f'spatial dim), got {padding!r}: "SAME" and "VALID" need a window and a stride.')
+    return normalize_padding(padding, num_spatial, name)

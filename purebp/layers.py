@@ -45,7 +45,8 @@ def _layer(name: str, make_params: Callable, apply: Callable) -> Layer:
     """
 
     def init(key, input_shape):
-        x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), jnp.float32)
+        # The default float dtype (float64 under x64), which the initialisers also use.
+        x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), jax.dtypes.canonicalize_dtype(jnp.float64))
         try:
             params = make_params(key, x)
             output = jax.eval_shape(apply, params, x)

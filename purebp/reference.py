@@ -75,13 +75,14 @@ def mlp(params, x, *, activation="sigmoid", output_activation="identity"):
     return _ACTIVATIONS[output_activation](dense(x, params[-1]["w"], params[-1]["b"]))
 
 
-# Convolutions: lax itself, with the int / (lo, hi) forms of purebp's arguments spelled out for it.
+# Convolutions, padding and pooling: lax itself, with the int / (lo, hi) forms of purebp's
+# arguments spelled out for it.
 
-def _conv_spatial(value, num_spatial):
+def _per_dim(value, num_spatial):
     return (value,) * num_spatial if isinstance(value, int) else tuple(value)
 
 
-def _conv_padding(padding, num_spatial):
+def _padding(padding, num_spatial):
     if isinstance(padding, str):
         return padding.upper()
     if isinstance(padding, int):
@@ -97,8 +98,8 @@ def _conv_layout(num_spatial):
 def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
     n = x.ndim - 2
     y = jax.lax.conv_general_dilated(
-        x, w, _conv_spatial(stride, n), _conv_padding(padding, n),
-        rhs_dilation=_conv_spatial(dilation, n), dimension_numbers=_conv_layout(n),
+        x, w, _per_dim(stride, n), _padding(padding, n),
+        rhs_dilation=_per_dim(dilation, n), dimension_numbers=_conv_layout(n),
         feature_group_count=groups)
     return y if b is None else y + b
 
@@ -106,7 +107,37 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
 def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
     n = x.ndim - 2
     y = jax.lax.conv_transpose(
-        x, w, _conv_spatial(stride, n), _conv_padding(padding, n),
-        rhs_dilation=_conv_spatial(dilation, n), dimension_numbers=_conv_layout(n),
+        x, w, _per_dim(stride, n), _padding(padding, n),
+        rhs_dilation=_per_dim(dilation, n), dimension_numbers=_conv_layout(n),
         transpose_kernel=False)
     return y if b is None else y + b
+
+
+# Padding and pooling: jnp.pad and lax.reduce_window as flax calls it. Autodiff of the max window
+# reduction (select_and_scatter_add) routes each window's cotangent to its first maximum.
+
+def zero_pad(x, padding):
+    return jnp.pad(x, ((0, 0), *_padding(padding, x.ndim - 2), (0, 0)))
+
+
+def _pool(x, init, op, window, stride, padding):
+    n = x.ndim - 2
+    window = _per_dim(window, n)
+    stride = window if stride is None else _per_dim(stride, n)
+    padding = _padding(padding, n)
+    padding = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
+    return jax.lax.reduce_window(x, init, op, (1, *window, 1), (1, *stride, 1), padding)
+
+
+def max_pool(x, window, stride=None, padding="VALID"):
+    return _pool(x, -jnp.inf, jax.lax.max, window, stride, padding)
+
+
+def avg_pool(x, window, stride=None, padding="VALID", count_include_pad=True):
+    sums = _pool(x, 0.0, jax.lax.add, window, stride, padding)
+    if count_include_pad:
+        size = 1
+        for w in _per_dim(window, x.ndim - 2):
+            size *= w
+        return sums / size
+    return sums / _pool(jnp.ones_like(x), 0.0, jax.lax.add, window, stride, padding)  # non-pad counts

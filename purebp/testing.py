@@ -174,7 +174,8 @@ def _assert_close(actual, expected, what, rtol, atol):
     finite = np.isfinite(want)
     scale = np.max(np.abs(want[finite]), initial=0.0)
     atol = rtol * scale + np.finfo(np.float64).tiny if atol is None else atol
-    error = np.where(got == want, 0.0, np.abs(got - want))  # equal infinities have error 0, not NaN
+    with np.errstate(invalid="ignore"):  # inf − inf: equal infinities are given error 0 just below
+        error = np.where(got == want, 0.0, np.abs(got - want))
     both_nan = np.isnan(got) & np.isnan(want)
     excess = np.where(both_nan, -np.inf, np.nan_to_num(error - (atol + rtol * np.abs(want)), nan=np.inf))
     if excess.size and np.max(excess) > 0:

@@ -7,6 +7,7 @@ import pathlib
 import re
 import textwrap
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -21,6 +22,9 @@ def python_blocks(page):
 def test_code_blocks_run(page, monkeypatch, tmp_path):
     pytest.importorskip("sklearn", reason="some blocks load scikit-learn's datasets")
     monkeypatch.chdir(tmp_path)  # blocks that save files write them here
-    namespace = {}
-    for block in python_blocks(page):  # blocks of a page share one namespace, as a reader's session would
-        exec(compile(textwrap.dedent(block), f"{page} code block", "exec"), namespace)
+    namespace, x64 = {}, jax.config.jax_enable_x64
+    try:
+        for block in python_blocks(page):  # a page's blocks share one namespace, as a reader's session would
+            exec(compile(textwrap.dedent(block), f"{page} code block", "exec"), namespace)
+    finally:
+        jax.config.update("jax_enable_x64", x64)  # a page may turn x64 on globally
