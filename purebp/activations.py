@@ -144,7 +144,7 @@ def softmax(z, axis: int = -1):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _softmax(axis, z):
-    unnormalized = jnp.exp(z - max_shift(z, axis))
+    unnormalized = jnp.exp(max_shifted(z, axis))
     return unnormalized / unnormalized.sum(axis, keepdims=True)
 
 
@@ -199,18 +199,21 @@ def _log_softmax_bwd(axis, y, g):  # (log p, ct y) -> (ct z,)
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
-def max_shift(z, axis):
-    """The row max that stabilises exp: after the shift every exponent is ≤ 0 and one is 0.
+def max_shifted(z, axis):
+    """``z − max(z)`` along ``axis``: every exponent ≤ 0 and one of them 0, so ``exp`` never overflows.
 
-    Any shift gives the same softmax, so it carries no gradient (stop_gradient keeps grad of grad
-    from differentiating the max).
+    Any shift gives the same softmax, so the max carries no gradient (``stop_gradient`` keeps grad
+    of grad from differentiating it). A row holding +inf becomes 0 at its +inf entries and -inf
+    elsewhere: the limit, in which softmax spreads evenly over the +inf entries. A row of -inf
+    alone has no limit and stays NaN (-inf − (-inf)), as in ``jax.nn.softmax``.
     """
-    return lax.stop_gradient(jnp.max(z, axis, keepdims=True))
+    m = lax.stop_gradient(jnp.max(z, axis, keepdims=True))
+    return jnp.where(m == jnp.inf, jnp.where(z == jnp.inf, 0, -jnp.inf), z - m)
 
 
 def stable_log_softmax(z, axis):
     """log softmax as z − m − log Σ e^{z − m}: every exponent ≤ 0, so nothing overflows."""
-    shifted = z - max_shift(z, axis)
+    shifted = max_shifted(z, axis)
     return shifted - jnp.log(jnp.exp(shifted).sum(axis, keepdims=True))
 
 

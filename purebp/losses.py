@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from purebp import _static
-from purebp.activations import max_shift, stable_log_softmax
+from purebp.activations import max_shifted, stable_log_softmax
 
 
 def binary_cross_entropy(p, labels):
@@ -47,7 +47,7 @@ def binary_cross_entropy(p, labels):
 @jax.custom_vjp
 def _binary_cross_entropy(p, y):
     # A term whose label weight is 0 is 0, even where its log is -inf (the 0 · ln 0 = 0 convention).
-    return -(jnp.where(y == 0, 0, y * jnp.log(p)) + jnp.where(y == 1, 0, (1 - y) * jnp.log1p(-p)))
+    return -(_weighted(y, jnp.log(p)) + _weighted(1 - y, jnp.log1p(-p)))
 
 
 def _binary_cross_entropy_fwd(p, y):
@@ -57,12 +57,17 @@ def _binary_cross_entropy_fwd(p, y):
 def _binary_cross_entropy_bwd(res, g):  # ((p, y), ct J) -> (ct p, ct y)
     p, y = res
     # ∂J/∂p = (1 − y)/(1 − p) − y/p = (p − y) / (p(1 − p)), each term 0 where its weight is 0.
-    dp = jnp.where(y == 1, 0, (1 - y) / (1 - p)) - jnp.where(y == 0, 0, y / p)
+    dp = _weighted(1 - y, 1 / (1 - p)) - _weighted(y, 1 / p)
     dy = jnp.log1p(-p) - jnp.log(p)  # ∂J/∂y = ln(1 − p) − ln p
     return g * dp, g * dy
 
 
 _binary_cross_entropy.defvjp(_binary_cross_entropy_fwd, _binary_cross_entropy_bwd)
+
+
+def _weighted(weight, value):
+    """weight · value, and 0 where the weight is 0 even if the value is infinite (0 · ∞ = 0 here)."""
+    return jnp.where(weight == 0, 0, weight * value)
 
 
 def sigmoid_binary_cross_entropy(logits, labels):
@@ -96,8 +101,9 @@ def sigmoid_binary_cross_entropy(logits, labels):
 def _sigmoid_binary_cross_entropy(z, y):
     # softplus(±z) = max(±z, 0) + log1p(e^{-|z|}): e^{-|z|} ≤ 1 never overflows, and the weighted
     # sum (not softplus(z) − y·z) keeps a well-classified example's tiny loss exact, as optax does.
+    # A term whose label weight is 0 is 0, even where its softplus is inf (z = ±inf).
     tail = jnp.log1p(jnp.exp(-jnp.abs(z)))
-    return y * (jnp.maximum(-z, 0) + tail) + (1 - y) * (jnp.maximum(z, 0) + tail)
+    return _weighted(y, jnp.maximum(-z, 0) + tail) + _weighted(1 - y, jnp.maximum(z, 0) + tail)
 
 
 def _sigmoid_binary_cross_entropy_fwd(z, y):
@@ -149,7 +155,7 @@ def _softmax_cross_entropy(axis, z, y):
 
 def _softmax_cross_entropy_fwd(axis, z, y):
     log_p = stable_log_softmax(z, axis)
-    return -jnp.where(y == 0, 0, y * log_p).sum(axis), (log_p, y)
+    return -_weighted(y, log_p).sum(axis), (log_p, y)
 
 
 def _softmax_cross_entropy_bwd(axis, res, g):  # ((log p, y), ct J) -> (ct z, ct y)
@@ -202,7 +208,7 @@ def _softmax_cross_entropy_with_integer_labels(axis, z, labels):
 
 
 def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels):
-    shifted = z - max_shift(z, axis)
+    shifted = max_shifted(z, axis)
     unnormalized = jnp.exp(shifted)
     normalizer = unnormalized.sum(axis, keepdims=True)
     label_logit = jnp.take_along_axis(shifted, jnp.expand_dims(labels, axis), axis)
