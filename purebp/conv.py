@@ -182,14 +182,14 @@ def _layout(num_spatial):
 # input_dilation = 1; conv_transpose has stride = 1 and input_dilation = its stride.
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
 def _conv(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b):
-    y = lax.conv_general_dilated(
-        x, w, window_strides=stride, padding=padding, lhs_dilation=input_dilation,
-        rhs_dilation=dilation, dimension_numbers=_layout(x.ndim - 2), feature_group_count=groups)
-    return y + b if has_bias else y
+    return _conv_fwd(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b)[0]
 
 
 def _conv_fwd(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b):
-    return _conv(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b), (x, w)
+    y = lax.conv_general_dilated(
+        x, w, window_strides=stride, padding=padding, lhs_dilation=input_dilation,
+        rhs_dilation=dilation, dimension_numbers=_layout(x.ndim - 2), feature_group_count=groups)
+    return (y + b if has_bias else y), (x, w)
 
 
 def _conv_bwd(stride, padding, input_dilation, dilation, groups, has_bias, res, g):

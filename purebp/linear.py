@@ -62,12 +62,12 @@ def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
 # cotangent in that dtype without keeping the bias itself as a residual.
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _dense(bias_dtype, x, w, b):
-    y = x @ w
-    return y if bias_dtype is None else y + b
+    return _dense_fwd(bias_dtype, x, w, b)[0]
 
 
 def _dense_fwd(bias_dtype, x, w, b):
-    return _dense(bias_dtype, x, w, b), (x, w)
+    y = x @ w
+    return (y if bias_dtype is None else y + b), (x, w)
 
 
 def _dense_bwd(bias_dtype, res, g):  # ((x, w), ct y) -> (ct x, ct w, ct b)

@@ -46,12 +46,12 @@ def binary_cross_entropy(p, labels):
 
 @jax.custom_vjp
 def _binary_cross_entropy(p, y):
-    # A term whose label weight is 0 is 0, even where its log is -inf (the 0 · ln 0 = 0 convention).
-    return -(_weighted(y, jnp.log(p)) + _weighted(1 - y, jnp.log1p(-p)))
+    return _binary_cross_entropy_fwd(p, y)[0]
 
 
 def _binary_cross_entropy_fwd(p, y):
-    return _binary_cross_entropy(p, y), (p, y)
+    # A term whose label weight is 0 is 0, even where its log is -inf (the 0 · ln 0 = 0 convention).
+    return -(_weighted(y, jnp.log(p)) + _weighted(1 - y, jnp.log1p(-p))), (p, y)
 
 
 def _binary_cross_entropy_bwd(res, g):  # ((p, y), ct J) -> (ct p, ct y)
@@ -99,15 +99,15 @@ def sigmoid_binary_cross_entropy(logits, labels):
 
 @jax.custom_vjp
 def _sigmoid_binary_cross_entropy(z, y):
+    return _sigmoid_binary_cross_entropy_fwd(z, y)[0]
+
+
+def _sigmoid_binary_cross_entropy_fwd(z, y):
     # softplus(±z) = max(±z, 0) + log1p(e^{-|z|}): e^{-|z|} ≤ 1 never overflows, and the weighted
     # sum (not softplus(z) − y·z) keeps a well-classified example's tiny loss exact, as optax does.
     # A term whose label weight is 0 is 0, even where its softplus is inf (z = ±inf).
     tail = jnp.log1p(jnp.exp(-jnp.abs(z)))
-    return _weighted(y, jnp.maximum(-z, 0) + tail) + _weighted(1 - y, jnp.maximum(z, 0) + tail)
-
-
-def _sigmoid_binary_cross_entropy_fwd(z, y):
-    return _sigmoid_binary_cross_entropy(z, y), (z, y)
+    return _weighted(y, jnp.maximum(-z, 0) + tail) + _weighted(1 - y, jnp.maximum(z, 0) + tail), (z, y)
 
 
 def _sigmoid_binary_cross_entropy_bwd(res, g):  # ((z, y), ct J) -> (ct z, ct y)

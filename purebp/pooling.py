@@ -153,11 +153,12 @@ def avg_pool(x, window, stride=None, padding="VALID", count_include_pad=True):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _avg_pool(geometry, count_include_pad, x):
-    return _reduce_window(x, geometry, 0.0, lax.add) / _window_sizes(geometry, count_include_pad, x.dtype)
+    return _avg_pool_fwd(geometry, count_include_pad, x)[0]
 
 
 def _avg_pool_fwd(geometry, count_include_pad, x):
-    return _avg_pool(geometry, count_include_pad, x), None  # divisors come from static shapes
+    y = _reduce_window(x, geometry, 0.0, lax.add) / _window_sizes(geometry, count_include_pad, x.dtype)
+    return y, None  # divisors come from static shapes
 
 
 def _avg_pool_bwd(geometry, count_include_pad, _, g):  # (nothing, ct y) -> (ct x,)

@@ -1,0 +1,130 @@
+"""One small valid call of every operation of DESIGN.md, shared by test_transforms and test_dtypes.
+
+``EXAMPLES`` maps each op's name to its ``Example``: how to draw each positional argument from a
+seeded numpy generator, and the static options passed by keyword. Each argument has a role:
+``"input"`` (data, labels) or ``"param"`` (weights and biases), so a test can add a batch axis to
+the inputs alone (vmap over inputs, scan over a stack of inputs) or to the params alone. Float
+arguments are drawn in float64 and cast by ``cast`` to the dtype under test; integer labels stay
+int32. max_pool's input holds distinct values that every float type represents exactly, so its
+first maximum, and with it every derivative, is the same in every dtype.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import purebp
+from purebp import reference
+
+
+class Arg(NamedTuple):
+    draw: Callable  # (rng, batch shape) -> numpy array or pytree of them
+    role: str = "input"  # "input" or "param"
+
+
+class Example(NamedTuple):
+    args: tuple[Arg, ...]
+    options: dict  # static options, passed by keyword
+
+
+def normal(*shape, role="input", scale=1.0):
+    return Arg(lambda rng, batch: scale * rng.standard_normal(batch + shape), role)
+
+
+def uniform(*shape, low=0.0, high=1.0):
+    return Arg(lambda rng, batch: rng.uniform(low, high, batch + shape))
+
+
+def distribution(*shape):
+    """Label probabilities along the last axis: positive rows that sum to one."""
+    def draw(rng, batch):
+        e = np.exp(rng.standard_normal(batch + shape))
+        return e / e.sum(-1, keepdims=True)
+    return Arg(draw)
+
+
+def class_index(*shape, classes):
+    return Arg(lambda rng, batch: rng.integers(0, classes, batch + shape).astype(np.int32))
+
+
+def distinct(*shape):
+    """A permutation of k/16, |k| < 128, per example: distinct, and exact in bfloat16 (8 bits)."""
+    size = int(np.prod(shape))
+    assert size <= 256, "k/16 with |k| < 128 is exact in bfloat16"
+
+    def draw(rng, batch):
+        count = int(np.prod(batch, dtype=int))
+        return np.stack([(rng.permutation(size) - size // 2) / 16 for _ in range(count)]).reshape(batch + shape)
+    return Arg(draw)
+
+
+def mlp_params(*sizes):
+    """``[{"w": [in, out], "b": [out]}, ...]`` with w scaled by 1/sqrt(in)."""
+    def draw(rng, batch):
+        return [{"w": rng.standard_normal(batch + (m, n)) / np.sqrt(m), "b": rng.standard_normal(batch + (n,))}
+                for m, n in zip(sizes[:-1], sizes[1:])]
+    return Arg(draw, "param")
+
+
+EXAMPLES = {
+    "sigmoid": Example((normal(3, 4, scale=2.0),), {}),
+    "relu": Example((normal(3, 4),), {}),
+    "tanh": Example((normal(3, 4),), {}),
+    "softmax": Example((normal(3, 5, scale=2.0),), {}),
+    "log_softmax": Example((normal(4, 3, scale=2.0),), {"axis": 0}),
+    "binary_cross_entropy": Example((uniform(3, 4, low=0.05, high=0.95), uniform(3, 4)), {}),
+    "sigmoid_binary_cross_entropy": Example((normal(3, 4, scale=2.0), uniform(3, 4)), {}),
+    "softmax_cross_entropy": Example((normal(3, 5, scale=2.0), distribution(3, 5)), {}),
+    "softmax_cross_entropy_with_integer_labels": Example((normal(3, 5, scale=2.0), class_index(3, classes=5)), {}),
+    "squared_error": Example((normal(3, 4), normal(3, 4)), {}),
+    "l2_loss": Example((normal(3, 4), normal(3, 4)), {}),
+    "dense": Example((normal(3, 4), normal(4, 5, role="param", scale=0.5), normal(5, role="param")), {}),
+    "mlp": Example((mlp_params(4, 6, 3), normal(3, 4)), {"activation": "tanh", "output_activation": "sigmoid"}),
+    "conv": Example((normal(2, 6, 6, 3), normal(3, 3, 3, 4, role="param", scale=0.2), normal(4, role="param")),
+                    {"stride": 2, "padding": "SAME"}),
+    "conv_transpose": Example((normal(2, 3, 3, 4), normal(3, 3, 4, 2, role="param", scale=0.2),
+                               normal(2, role="param")), {"stride": 2, "padding": "SAME"}),
+    "zero_pad": Example((normal(2, 4, 4, 3),), {"padding": ((1, 2), (0, 1))}),
+    "max_pool": Example((distinct(2, 5, 5, 3),), {"window": 3, "stride": 2}),  # overlapping windows
+    "avg_pool": Example((normal(2, 5, 5, 3),), {"window": 2, "stride": 1, "padding": "SAME",
+                                                "count_include_pad": False}),
+}
+WITH_PARAMS = tuple(name for name, example in EXAMPLES.items() if any(a.role == "param" for a in example.args))
+
+
+def roles(name):
+    return tuple(arg.role for arg in EXAMPLES[name].args)
+
+
+def draw(name, seed=0, batch=(), batched=("input", "param")):
+    """numpy arguments of ``name``'s example; those whose role is in ``batched`` get ``batch`` in front."""
+    rng = np.random.default_rng(seed)
+    return tuple(arg.draw(rng, tuple(batch) if arg.role in batched else ()) for arg in EXAMPLES[name].args)
+
+
+def cast(args, dtype):
+    """jnp arrays: floating leaves in ``dtype`` (rounded to it), integer leaves as they are."""
+    def leaf(x):
+        x = np.asarray(x)
+        return jnp.asarray(x, dtype) if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x)
+    return jax.tree_util.tree_map(leaf, args)
+
+
+def op(name):
+    """purebp's op with the example's static options bound."""
+    return functools.partial(getattr(purebp, name), **EXAMPLES[name].options)
+
+
+def twin(name):
+    """The reference twin with the same options bound."""
+    return functools.partial(getattr(reference, name), **EXAMPLES[name].options)
+
+
+def floating_argnums(args):
+    """Positions of the arguments whose leaves are all floating point (all but integer labels)."""
+    return tuple(i for i, a in enumerate(args)
+                 if all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in jax.tree_util.tree_leaves(a)))

@@ -1,0 +1,233 @@
+"""Every op under JAX's transformations, held against the same computation on its reference twin.
+
+jit (static options as static arguments), vmap over inputs and over params, an op inside a
+``lax.scan`` body, ``jax.checkpoint``, grad of grad, and jacrev of jacrev (the Hessian), all
+reverse mode. Forward mode cannot enter a ``jax.custom_vjp``: that JAX error is pinned here too.
+The arguments of every op come from the one table in ``op_examples``.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import purebp
+from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, op, roles, twin
+
+OPS = list(EXAMPLES)  # ids are the op names
+RTOL32 = 1e-4  # float32: reordered sums and fused rules differ from autodiff by a few hundred ulps
+RTOL64 = 1e-9  # float64, for second derivatives
+BATCH = 3
+# JAX's own message when jvp meets a custom_vjp (jax/_src/custom_derivatives.py)
+FORWARD_MODE_ERROR = r"can't apply forward-mode autodiff \(jvp\) to a custom_vjp function"
+
+
+def assert_trees_close(actual, expected, rtol):
+    """Same structure, shapes and dtypes; |a − e| ≤ rtol·|e| + rtol·max|e| leaf by leaf."""
+    (flat_a, tree_a), (flat_e, tree_e) = (jax.tree_util.tree_flatten_with_path(t) for t in (actual, expected))
+    assert tree_a == tree_e, f"{tree_a} vs {tree_e}"
+    for (path, a), (_, e) in zip(flat_a, flat_e):
+        path = jax.tree_util.keystr(path)
+        assert a.shape == e.shape and a.dtype == e.dtype, f"{path}: {a.shape} {a.dtype} vs {e.shape} {e.dtype}"
+        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+        scale = float(np.max(np.abs(e), initial=0.0))
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=path)
+
+
+def weights_for(fn, args, seed=1):
+    """A fixed random weight of ``fn``'s output shape and dtype, to make a scalar of the output."""
+    out = jax.eval_shape(fn, *args)
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(out.shape), out.dtype)
+
+
+def scalar_of(fn, weight):
+    """Σ weight · sin(fn(*args)): a scalar whose second derivative involves fn's first and second."""
+    return lambda *args: jnp.sum(weight * jnp.sin(fn(*args)))
+
+
+# --- the reference side, computed once per op and shared by the float32 tests ------------------
+# Compilation dominates this file's time, so each expected value is compiled once: the plain
+# call and the batched call of the twin serve jit, checkpoint, vmap and scan alike.
+
+
+def example(name, batch=(), batched=()):
+    """(args in float32, argnums, the loss weight of one call's output)."""
+    args = cast(draw(name, batch=batch, batched=batched), jnp.float32)
+    return args, floating_argnums(args), weights_for(twin(name), cast(draw(name), jnp.float32))
+
+
+@functools.cache
+def reference_call(name):
+    """The twin's (output, (loss, grads)) on the example: what jit and checkpoint must give."""
+    args, argnums, weight = example(name)
+    ref = twin(name)
+    return jax.jit(lambda *a: (ref(*a), jax.value_and_grad(scalar_of(ref, weight), argnums)(*a)))(*args)
+
+
+def per_example(f, name, batched):
+    """vmap over the args whose role is ``batched``: (outputs, (losses, grads)), one per example."""
+    args, argnums, weight = example(name, (BATCH,), (batched,))
+    in_axes = tuple(0 if role == batched else None for role in roles(name))
+    value_and_grad = jax.value_and_grad(scalar_of(f, weight), argnums)  # the bwd rule, batched
+    return jax.jit(lambda *a: (jax.vmap(f, in_axes)(*a), jax.vmap(value_and_grad, in_axes)(*a)))(*args)
+
+
+@functools.cache
+def reference_per_example(name, batched):
+    return per_example(twin(name), name, batched)
+
+
+# --- jit ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_jit_with_static_options(name):
+    """jit of the op with its options static (they are hashable): its value and its grads."""
+    args, argnums, weight = example(name)
+    options = EXAMPLES[name].options
+    jitted = jax.jit(getattr(purebp, name), static_argnames=tuple(options))
+    jitted_op = lambda *args: jitted(*args, **options)
+    got = jax.jit(lambda *a: (jitted_op(*a), jax.value_and_grad(scalar_of(jitted_op, weight), argnums)(*a)))(*args)
+    assert_trees_close(got, reference_call(name), RTOL32)
+
+
+# --- vmap --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_vmap_over_inputs(name):
+    """vmap over an extra leading axis of the inputs (data and labels): values, per-example grads."""
+    assert_trees_close(per_example(op(name), name, "input"), reference_per_example(name, "input"), RTOL32)
+
+
+@pytest.mark.parametrize("name", WITH_PARAMS)
+def test_vmap_over_params(name):
+    """vmap over a stack of weights and biases, the input shared: values, per-example grads."""
+    assert_trees_close(per_example(op(name), name, "param"), reference_per_example(name, "param"), RTOL32)
+
+
+# --- scan --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_scan_over_a_stack_of_inputs(name):
+    """Σ_t loss(op(inputs_t, params)) accumulated by a lax.scan with the op in its body: the total,
+    the stacked outputs and the grad of the whole scan w.r.t. the stack and the shared params.
+
+    The expected values are the reference's per-example ones (vmap over the same stack): the total
+    is their sum, a stacked input's grad is the per-example grads, a shared param's is their sum.
+    """
+    args, argnums, weight = example(name, (BATCH,), ("input",))
+    stacked = [role == "input" for role in roles(name)]
+    loss = scalar_of(op(name), weight)
+
+    def total(*args):
+        def body(carry, inputs):
+            inputs = iter(inputs)
+            step_args = [next(inputs) if s else a for s, a in zip(stacked, args)]
+            return carry + loss(*step_args), op(name)(*step_args)
+        return lax.scan(body, jnp.zeros((), jnp.float32), tuple(a for s, a in zip(stacked, args) if s))
+
+    (got_total, got_outputs), got_grads = jax.jit(jax.value_and_grad(total, argnums, has_aux=True))(*args)
+    outputs, (losses, grads) = reference_per_example(name, "input")
+    grads = tuple(g if stacked[i] else jax.tree_util.tree_map(lambda t: t.sum(0), g) for i, g in zip(argnums, grads))
+    assert_trees_close((got_total, got_outputs, got_grads), (losses.sum(), outputs, grads), RTOL32)
+
+
+# --- checkpoint --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_checkpoint_under_grad(name):
+    """grad through jax.checkpoint, with the default policy and with one that saves nothing (so the
+    op's forward runs again in the backward pass), equals the reference's plain grad."""
+    args, argnums, weight = example(name)
+    loss = scalar_of(op(name), weight)
+    nothing_saved = jax.checkpoint(lambda *a: loss(*a) ** 2, policy=jax.checkpoint_policies.nothing_saveable)
+    got = jax.jit(lambda *a: (jax.value_and_grad(jax.checkpoint(loss), argnums)(*a),
+                              jax.grad(nothing_saved, argnums)(*a)))(*args)
+    _, (value, grads) = reference_call(name)
+    squared_grads = jax.tree_util.tree_map(lambda g: 2 * value * g, grads)  # ∇(L²) = 2 L ∇L
+    assert_trees_close(got, ((value, grads), squared_grads), RTOL32)
+
+
+# --- second derivatives (float64) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_grad_of_grad(name, x64):
+    """grad of |∂loss/∂(first float arg)|², w.r.t. every float arg: the bwd rule, differentiated."""
+    args = cast(draw(name), jnp.float64)
+    weight = weights_for(twin(name), args)
+    argnums = floating_argnums(args)
+
+    def grad_of_squared_gradient_norm(f):
+        loss = scalar_of(f, weight)
+
+        def norm(*args):
+            g = jax.grad(loss, argnums[0])(*args)
+            return sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(g))
+        return jax.jit(jax.grad(norm, argnums))(*args)
+
+    assert_trees_close(grad_of_squared_gradient_norm(op(name)), grad_of_squared_gradient_norm(twin(name)), RTOL64)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "softmax", "softmax_cross_entropy", "mlp"])
+def test_jacrev_of_jacrev_is_the_reference_hessian(name, x64):
+    """Reverse over reverse gives the Hessian w.r.t. the first float arg (mlp: its params) that
+    forward over reverse gives on the reference."""
+    args = cast(draw(name), jnp.float64)
+    weight = weights_for(twin(name), args)
+    of_first = lambda f: lambda first: scalar_of(f, weight)(first, *args[1:])
+    got = jax.jit(jax.jacrev(jax.jacrev(of_first(op(name)))))(args[0])
+    assert_trees_close(got, jax.jit(jax.hessian(of_first(twin(name))))(args[0]), RTOL64)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_forward_over_reverse_hessian(name, x64):
+    """jax.hessian (jacfwd of jacrev) works through every op: forward mode never meets the
+    custom_vjp itself, only its fwd and bwd rules, which are plain differentiable jnp/lax."""
+    args = cast(draw(name), jnp.float64)
+    weight = weights_for(twin(name), args)
+    of_first = lambda f: lambda first: scalar_of(f, weight)(first, *args[1:])
+    got = jax.jit(jax.hessian(of_first(op(name))))(args[0])
+    assert_trees_close(got, jax.jit(jax.hessian(of_first(twin(name))))(args[0]), RTOL64)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "softmax", "log_softmax"])
+def test_jacrev_of_jacrev_of_the_output(name, x64):
+    """The second derivative of every output element, not just of a scalar of them."""
+    (z,) = cast(draw(name), jnp.float64)
+    got = jax.jit(jax.jacrev(jax.jacrev(op(name))))(z)
+    assert_trees_close(got, jax.jit(jax.jacfwd(jax.jacrev(twin(name))))(z), RTOL64)
+
+
+# --- forward mode ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_jvp_raises(name):
+    """jax.jvp of any op: JAX refuses forward mode through a custom_vjp, with a TypeError."""
+    args = cast(draw(name), jnp.float32)
+    argnums = floating_argnums(args)
+    fn = op(name)
+    f = lambda *floats: fn(*(floats[argnums.index(i)] if i in argnums else a for i, a in enumerate(args)))
+    primals = tuple(args[i] for i in argnums)
+    with pytest.raises(TypeError, match=FORWARD_MODE_ERROR):
+        jax.jvp(f, primals, jax.tree_util.tree_map(jnp.ones_like, primals))
+
+
+def apply_linearized(f):
+    return lambda x: jax.linearize(f, x)[1](x)  # linearize itself succeeds; applying its result raises
+
+
+@pytest.mark.parametrize("transform", [jax.jacfwd, apply_linearized], ids=["jacfwd", "linearize"])
+@pytest.mark.parametrize("name", ["sigmoid", "softmax", "dense", "mlp", "conv", "max_pool"])
+def test_forward_mode_transforms_raise(name, transform):
+    args = cast(draw(name), jnp.float32)
+    fn = op(name)
+    f = lambda first: jnp.sum(fn(first, *args[1:]))
+    with pytest.raises(TypeError, match=FORWARD_MODE_ERROR):
+        transform(f)(args[0])
