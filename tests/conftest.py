@@ -1,7 +1,26 @@
 """Shared fixtures: float64 on demand, and a seeded source of test arrays."""
+import os
+
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
+from jax.experimental.compilation_cache import compilation_cache
+
+# Hypothesis profiles for the property tests (tests/test_properties_*.py), chosen by the
+# HYPOTHESIS_PROFILE environment variable:
+#   "ci" (the default): a bounded number of examples per test, so the property files stay fast;
+#     not derandomized, so every run explores new cases, and a failure prints its seed and the
+#     `@reproduce_failure(...)` blob to replay it.
+#   "thorough": the same with 500 examples per test, to run by hand before a release or after
+#     touching a backward rule:
+#       HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_properties_*.py
+# Every distinct shape compiles anew under jit, so no deadline: a first call's compile time is
+# not a slow test. A test that is much costlier per example may scale max_examples down from
+# `settings().max_examples` instead of hard-coding a count.
+settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True, derandomize=False)
+settings.register_profile("thorough", settings.get_profile("ci"), max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
@@ -21,3 +40,26 @@ def dtype(request):
     """float32 and float64 (with x64 on for the test's duration)."""
     with jax.enable_x64(request.param == np.float64):
         yield request.param
+
+
+@pytest.fixture(scope="module")
+def persistent_compilation_cache(tmp_path_factory):
+    """A JAX compilation cache on disk for one test module, for the property tests.
+
+    ``check_vjp`` jit-compiles a fresh closure on every call, so every drawn case recompiles
+    programs that an earlier case with the same shapes already compiled (a few hundred ms each
+    on CPU). With a persistent cache those recompiles become cache reads. The cache lives in a
+    temporary directory and is switched off again after the module: opt in with
+    ``pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")``.
+    """
+    options = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+               "jax_persistent_cache_min_entry_size_bytes")
+    previous = {option: getattr(jax.config, option) for option in options}
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-compilation-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # cache every program, however small
+    yield
+    for option, value in previous.items():
+        jax.config.update(option, value)
+    compilation_cache.reset_cache()

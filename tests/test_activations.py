@@ -122,6 +122,25 @@ def test_huge_spread_is_finite(name):
         np.testing.assert_allclose(value[1], [-np.log(2), -np.log(2), -2e4 - np.log(2)], rtol=1e-6)
 
 
+def test_reference_sigmoid_keeps_its_digits_for_very_negative_z():
+    # Found by tests/test_properties_dense.py: the twin was 0.5 (tanh(z/2) + 1), which cancels to 0
+    # below z ≈ -17 in float32, so check_vjp failed the correct op (got 1.43e-12, expected 0.0).
+    z = jnp.float32(-27.271763)
+    check_vjp(purebp.sigmoid, reference.sigmoid, z)
+    exact = 1 / (1 + np.exp(-np.float64(z)))
+    value, grad = jax.value_and_grad(reference.sigmoid)(z)
+    np.testing.assert_allclose(value, exact, rtol=1e-6)
+    np.testing.assert_allclose(grad, exact * (1 - exact), rtol=1e-6)
+
+
+def test_reference_log_softmax_keeps_its_digits_for_a_large_offset():
+    # Found by tests/test_properties_dense.py: the twin was z − logsumexp(z), which rounds 1e4 + ln 2
+    # at float32's ulp of 1e4, so check_vjp failed the correct op (got -0.6931472, expected -0.6933594).
+    z = jnp.array([1e4, 1e4], jnp.float32)
+    check_vjp(purebp.log_softmax, reference.log_softmax, z)
+    np.testing.assert_allclose(reference.log_softmax(z), [-np.log(2)] * 2, rtol=1e-7)
+
+
 def test_softmax_rule_is_p_times_g_minus_mean():
     z, g = jnp.array([0.5, -1.0, 2.0]), jnp.array([1.0, 0.0, -2.0])
     p = jax.nn.softmax(z)

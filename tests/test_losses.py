@@ -198,6 +198,17 @@ def test_softmax_cross_entropy_at_huge_logits(name):
     np.testing.assert_allclose(grad, [[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"])
+def test_reference_cross_entropy_keeps_its_digits_for_a_large_offset(name):
+    # Found by tests/test_properties_dense.py: the twins computed log p as z − logsumexp(z) (or the
+    # loss as logsumexp(z) − z_y), which rounds 1e4 + ln 2 at float32's ulp of 1e4: expected 0.6933594
+    # where the op (correctly) gives ln 2 = 0.6931472, and check_vjp failed the op.
+    logits = jnp.array([1e4, 1e4], jnp.float32)
+    labels = jnp.array(0) if "integer" in name else jnp.array([1.0, 0.0])
+    check_vjp(getattr(purebp, name), getattr(reference, name), logits, labels)
+    np.testing.assert_allclose(getattr(reference, name)(logits, labels), np.log(2), rtol=1e-7)
+
+
 @pytest.mark.parametrize("p", [1e-7, 1 - 1e-7], ids=["1e-7", "1-1e-7"])
 @pytest.mark.parametrize("y", [0.0, 0.5, 1.0])
 def test_binary_cross_entropy_near_the_edges(p, y, x64):
