@@ -130,6 +130,13 @@ def vanishing_atol(dtype):
     return 16 * eps(dtype)
 
 
+def costly(share):
+    """The profile's settings with ``share`` of its examples, for a test whose cases cost several times
+    the others': one whose every case tends to be a new program to compile (an axis, or a whole
+    network's shapes, on top of the shape and dtype). Under "ci" the file must stay within 90 s."""
+    return settings(max_examples=max(1, round(settings().max_examples * share)))
+
+
 def as_dtype(dtype, *arrays):
     return tuple(None if a is None else jnp.asarray(a, dtype) for a in arrays)
 
@@ -149,6 +156,7 @@ def test_elementwise_activation(name, dtype, seed, data):
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@costly(0.6)
 @given(dtype=DTYPES, seed=SEEDS, data=st.data())
 def test_rowwise_activation(name, dtype, seed, data):
     shape = data.draw(shapes(min_dims=1), label="shape")
@@ -179,7 +187,8 @@ def test_binary_cross_entropy(dtype, seed, data):
 @given(dtype=DTYPES, seed=SEEDS, data=st.data())
 def test_sigmoid_binary_cross_entropy(dtype, seed, data):
     shape = data.draw(shapes(), label="shape")
-    logit_values, label_values = data.draw(logit_arrays(shape), label="logits"), data.draw(unit_interval(shape), label="labels")
+    logit_values = data.draw(logit_arrays(shape), label="logits")
+    label_values = data.draw(unit_interval(shape), label="labels")
     with jax.enable_x64(dtype == np.float64):
         logits, labels = as_dtype(dtype, logit_values, label_values)
         check_vjp(purebp.sigmoid_binary_cross_entropy, reference.sigmoid_binary_cross_entropy, logits, labels,
@@ -188,6 +197,7 @@ def test_sigmoid_binary_cross_entropy(dtype, seed, data):
                      OUTSIDE["sigmoid_binary_cross_entropy"](logits, labels), dtype)
 
 
+@costly(0.6)
 @given(dtype=DTYPES, seed=SEEDS, data=st.data())
 def test_softmax_cross_entropy(dtype, seed, data):
     shape = data.draw(shapes(min_dims=1), label="shape")
@@ -202,6 +212,7 @@ def test_softmax_cross_entropy(dtype, seed, data):
                      OUTSIDE["softmax_cross_entropy"](logits, labels, axis=axis), dtype)
 
 
+@costly(0.6)
 @given(dtype=DTYPES, seed=SEEDS, data=st.data())
 def test_softmax_cross_entropy_with_integer_labels(dtype, seed, data):
     shape = data.draw(shapes(min_dims=1), label="shape")
@@ -215,15 +226,16 @@ def test_softmax_cross_entropy_with_integer_labels(dtype, seed, data):
         (logits,), labels = as_dtype(dtype, logit_values), jnp.asarray(label_values)
         check_vjp(op, reference.softmax_cross_entropy_with_integer_labels, logits, labels, axis, seed=seed)
         # optax computes logsumexp(z) − z_y, which rounds at the ulp of max|z| when the loss is small.
-        assert_close(op(logits, labels, axis), OUTSIDE["softmax_cross_entropy_with_integer_labels"](logits, labels, axis=axis),
-                     dtype, scale=np.max(np.abs(logit_values)))
+        outside = OUTSIDE["softmax_cross_entropy_with_integer_labels"](logits, labels, axis=axis)
+        assert_close(op(logits, labels, axis), outside, dtype, scale=np.max(np.abs(logit_values)))
 
 
 @pytest.mark.parametrize("name", ["squared_error", "l2_loss"])
 @given(dtype=DTYPES, seed=SEEDS, with_targets=st.booleans(), data=st.data())
 def test_squared_error_family(name, dtype, seed, with_targets, data):
     shape = data.draw(shapes(), label="shape")
-    values = [data.draw(reals(shape), label=label) for label in ("predictions", "targets")[:1 + with_targets]]
+    labels = ("predictions", "targets")[:1 + with_targets]
+    values = [data.draw(reals(shape), label=label) for label in labels]
     with jax.enable_x64(dtype == np.float64):
         args = as_dtype(dtype, *values)
         check_vjp(getattr(purebp, name), getattr(reference, name), *args, seed=seed)
@@ -297,9 +309,7 @@ def mlp_with_jax_nn(params, x, activation, output_activation):
     return x
 
 
-# Almost every mlp case is a new network (widths and depth) to compile, several times the cost of
-# the other tests' cases: half the profile's examples.
-@settings(max_examples=max(1, settings().max_examples // 2))
+@costly(0.4)
 @given(network=networks(), activation=st.sampled_from(ACTIVATIONS), output_activation=st.sampled_from(ACTIVATIONS),
        dtype=DTYPES, seed=SEEDS)
 def test_mlp(network, activation, output_activation, dtype, seed):
