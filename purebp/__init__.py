@@ -1,7 +1,9 @@
 """purebp: functional JAX neural-network operations whose every backward pass is written by hand.
 
 Every operation here is a ``jax.custom_vjp``; ``purebp.reference`` holds their plain-jnp twins,
-``purebp.testing`` the tools that hold the two against each other.
+``purebp.testing`` the tools that hold the two against each other. Each op's fwd rule computes its
+output itself and never calls the op (the custom_vjp's primal is ``fwd(...)[0]``), so forward mode
+only ever meets plain jnp/lax there: forward over reverse (``jax.hessian``) works through every op.
 """
 from purebp.activations import log_softmax
 from purebp.activations import relu
