@@ -2,8 +2,8 @@
 
 Every operation here is a ``jax.custom_vjp``; ``purebp.reference`` holds their plain-jnp twins,
 ``purebp.testing`` the tools that hold the two against each other. Each op's fwd rule computes its
-output itself and never calls the op, so forward mode
-only ever meets plain jnp/lax there: forward over reverse (``jax.hessian``) works through every op.
+output itself and never calls the op, so forward mode only ever meets plain jnp/lax there: forward
+over reverse (``jax.hessian``) works through every op.
 """
 from purebp.activations import log_softmax
 from purebp.activations import relu
