@@ -65,6 +65,11 @@ def _check_shape(name, input_shape):
     return tuple(input_shape)
 
 
+def _check_has_features(x):
+    """A dense layer's input needs a last (feature) dim: any rank but 0."""
+    _static.check_ndim(x, "x", "[..., in] with at least one dim", range(1, x.ndim + 1))
+
+
 def _no_params(key, x):
     return {}
 
@@ -74,7 +79,7 @@ def Dense(features: int, *, w_init=initializers.lecun_normal(), b_init=initializ
     features = _static.positive_int(features, "features")
 
     def make_params(key, x):
-        _static.check_ndim(x, "x", "[..., in] with at least one dim", range(1, x.ndim + 1))
+        _check_has_features(x)
         w_key, b_key = jax.random.split(key)
         return {"w": w_init(w_key, (x.shape[-1], features)), "b": b_init(b_key, (features,))}
 
@@ -178,7 +183,7 @@ def MLP(sizes: Sequence[int], activation: str = "sigmoid", output_activation: st
         raise ValueError("`sizes` must list at least one layer width, got ().")
 
     def make_params(key, x):
-        _static.check_ndim(x, "x", "[..., in] with at least one dim", range(1, x.ndim + 1))
+        _check_has_features(x)
         widths = (x.shape[-1],) + sizes
         keys = jax.random.split(key, 2 * len(sizes))
         return [{"w": w_init(keys[2 * l], (m, n)), "b": b_init(keys[2 * l + 1], (n,))}
