@@ -53,6 +53,7 @@ CONV_CASES = [
     pytest.param((1, 6, 6, 3), (3, 3, 1, 3), dict(groups=3, padding="SAME"), False, id="2d-depthwise-same"),
     pytest.param((1, 7, 8, 3), (3, 2, 1, 6), dict(stride=(3, 2), padding=((2, 0), (1, 2)), dilation=(1, 2), groups=3),
                  True, id="2d-depthwise-x2-stride-pairs-dilation"),
+    pytest.param((5, 6, 5, 4), (3, 3, 4, 2), dict(padding="SAME"), True, id="2d-same-fewer-out-channels-batch5"),
     pytest.param((1, 4, 5, 3, 2), (2, 2, 2, 2, 3), {}, False, id="3d-valid"),
     pytest.param((1, 5, 4, 3, 2), (3, 2, 2, 2, 2), dict(stride=2, padding="SAME"), True, id="3d-same-stride2"),
     pytest.param((1, 5, 6, 4, 2), (2, 3, 2, 1, 4), dict(stride=(2, 3, 1), padding=1, dilation=(2, 1, 1), groups=2),
@@ -70,6 +71,7 @@ TRANSPOSE_CASES = [
     pytest.param((1, 3, 4, 2), (3, 2, 2, 3), dict(stride=(2, 3), dilation=(1, 2)), True, id="2d-valid-stride2x3-dilation"),
     pytest.param((2, 3, 3, 2), (3, 3, 2, 3), dict(stride=2, padding="SAME"), False, id="2d-same-stride2"),
     pytest.param((1, 3, 4, 2), (2, 3, 2, 2), dict(stride=2, padding=((0, 1), (3, 2))), True, id="2d-pairs-asym"),
+    pytest.param((5, 3, 3, 3), (3, 3, 3, 2), dict(stride=2, padding="SAME"), True, id="2d-same-stride2-batch5"),
     pytest.param((1, 2, 3, 2, 2), (2, 3, 2, 2, 3), dict(stride=2, padding="SAME"), True, id="3d-same-stride2"),
     pytest.param((1, 3, 2, 2, 2), (2, 2, 2, 2, 2), dict(stride=(1, 2, 1), dilation=(2, 1, 1)), False,
                  id="3d-valid-dilation"),
@@ -98,14 +100,25 @@ def test_conv_transpose_matches_lax(x_shape, w_shape, kwargs, bias):
     np.testing.assert_allclose(purebp.conv_transpose(x, w, b, **kwargs), want, rtol=1e-6, atol=1e-5)
 
 
+@pytest.fixture(params=["matmul", "matmul-one-example-per-chunk", "convolution"])
+def kernel_cotangent(request, monkeypatch):
+    """Each formulation of the kernel cotangent on this CPU: the matmuls CPUs get (in one chunk and
+    one example at a time) and the convolution of every other platform, run here in their place."""
+    if request.param == "matmul-one-example-per-chunk":
+        monkeypatch.setattr(conv_module, "_PATCH_BYTES_PER_CHUNK", 1)
+    if request.param == "convolution":
+        monkeypatch.setattr(conv_module, "_kernel_cotangent_by_matmul", conv_module._kernel_cotangent_by_convolution)
+    return request.param
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kwargs, bias", CONV_CASES)
-def test_conv_vjp_matches_reference(x_shape, w_shape, kwargs, bias):
+def test_conv_vjp_matches_reference(x_shape, w_shape, kwargs, bias, kernel_cotangent):
     testing.check_vjp(partial(purebp.conv, **kwargs), partial(reference.conv, **kwargs),
                       *operands(x_shape, w_shape, bias))
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs, bias", TRANSPOSE_CASES)
-def test_conv_transpose_vjp_matches_reference(x_shape, w_shape, kwargs, bias):
+def test_conv_transpose_vjp_matches_reference(x_shape, w_shape, kwargs, bias, kernel_cotangent):
     testing.check_vjp(partial(purebp.conv_transpose, **kwargs), partial(reference.conv_transpose, **kwargs),
                       *operands(x_shape, w_shape, bias))
 
