@@ -1,0 +1,287 @@
+"""The benchmark page: results, the issue's targets, and markdown.
+
+The page has a fixed header (systems, method, how to run) and one section per JAX backend
+(``cpu``, ``gpu``, ...) between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers: a run
+replaces its own backend's section and keeps the others, so the CPU and GPU measurements, taken on
+different machines, share one page.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from benchmarks.timing import Stats
+
+PUREBP, AUTODIFF, JAX = "purebp", "autodiff", "JAX"
+# PyTorch's systems by memory format: its default (NCHW for images, plain row-major otherwise) and
+# channels-last (NHWC in memory), which only image workloads have.
+TORCH_LAYOUTS = {"NCHW": "PyTorch", "channels-last": "PyTorch channels-last"}
+TORCH = tuple(TORCH_LAYOUTS.values())
+PYTORCH_BEST = "PyTorch best"  # the faster of TORCH, for ratios
+STEP, MATMUL, BACKWARD, FWD_BWD = "step", "matmul", "backward", "fwd+bwd"
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A sanity check: the largest difference of ``what``, relative to the largest magnitude."""
+
+    what: str
+    difference: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.difference <= self.tolerance
+
+
+@dataclass
+class Result:
+    """One workload's measurements; ``times`` and ``compile_seconds`` are keyed by (pass, system)."""
+
+    workload: object
+    times: dict = field(default_factory=dict)
+    compile_seconds: dict = field(default_factory=dict)
+    residual_bytes: dict = field(default_factory=dict)  # system -> bytes
+    checks: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.workload.name
+
+    def median(self, pass_, system):
+        stats = self.times.get((pass_, system))
+        return stats.median if stats else None
+
+    def torch_best(self, pass_):
+        medians = [m for m in (self.median(pass_, system) for system in TORCH) if m is not None]
+        return min(medians, default=None)
+
+    def ratio(self, pass_, other):
+        """purebp's median time over ``other``'s (a system, or PYTORCH_BEST); None if either is missing."""
+        mine = self.median(pass_, PUREBP)
+        theirs = self.torch_best(pass_) if other == PYTORCH_BEST else self.median(pass_, other)
+        return mine / theirs if mine is not None and theirs else None
+
+
+HEADER = """\
+# Benchmarks
+
+Written by the benchmark runner, `python -m benchmarks` (the package `benchmarks/`): re-run it
+rather than editing this page. A run replaces its own JAX backend's section below (CPU, GPU) and
+keeps the others.
+
+**Systems**, all float32, one process:
+
+- **purebp**: purebp's ops and layers, whose VJPs are written by hand; the steps are
+  `purebp.training.make_train_step` (jitted) with `optax.sgd(0.01, momentum=0.9)`.
+- **autodiff**: the same models and ops built from `purebp.reference`'s plain-jnp twins, over the
+  same parameters, differentiated by JAX's own autodiff (jitted, same optimizer).
+- **PyTorch** (CPU only): eager `torch.nn` / `torch.nn.functional`, `torch.optim.SGD(lr=0.01,
+  momentum=0.9)`, the same weights and data; images in both memory formats, NCHW (the default)
+  and channels-last (`torch.channels_last`), and "PyTorch best" is the faster of the two. Its
+  threads are set to the core count, as XLA uses.
+
+**Method.** Every system of a workload is timed in the same loop, after warm-up calls: each repeat
+calls each system once, in a rotating order. Times are the median and, in brackets, the 10th-90th
+percentiles, in milliseconds. Ratios are of medians, purebp's time over the other's: below 1 means
+purebp is faster. For ops, *backward* is the VJP function alone applied to a cotangent, its
+residuals computed beforehand (PyTorch: `autograd.grad` on a retained graph), and *fwd+bwd* is
+`jax.vjp` and the cotangent in one jitted function (PyTorch: the op, then `autograd.grad`), with
+respect to every input. *Compile* is trace + lower + compile of the jitted function. *Residual
+bytes* is `purebp.testing.residual_bytes`: what the backward pass keeps alive between forward and
+backward (models: the loss as a function of the parameters and the batch). *Check* is the largest
+difference between purebp's and autodiff's cotangents (for steps: loss and parameter updates of one
+step, and PyTorch's initial loss), relative to the largest magnitude; it must stay under 1e-4
+on CPU (2e-2 on accelerators, which may run float32 matmuls in TF32) for the run to succeed.
+
+The machine is often shared: the load average is recorded with each run. Above the core count,
+every system slows, PyTorch's most (its OpenMP threads wait for each other at every parallel
+region, which can multiply a median several times over while its 10th percentile stays near the
+quiet figure); compare ratios within one run, and re-run on a quiet machine for figures to quote.
+
+**Running it** from the repository root:
+
+```bash
+pip install -e ".[bench]"        # torch==2.13.0; from PyPI on Linux that is the CUDA build:
+                                 # add --extra-index-url https://download.pytorch.org/whl/cpu for the CPU wheel
+python -m benchmarks             # CPU: purebp, autodiff and PyTorch; writes docs/benchmarks.md
+python -m benchmarks --gpu       # where JAX sees a GPU (jax[cuda]): purebp and autodiff, no PyTorch
+python -m benchmarks --only cnn conv_second --repeats 50 --output /tmp/benchmarks.md
+python -m benchmarks --tiny      # a smoke run on tiny sizes: prints the tables, writes nothing
+```
+"""
+
+_SECTION = re.compile(r"<!-- BEGIN (\w+) -->\n.*?<!-- END \1 -->\n", re.DOTALL)
+_TITLES = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU"}
+
+
+def page(backend: str, section: str, existing: str = "") -> str:
+    """The whole page: the header, ``section`` for ``backend``, and the other backends' sections of ``existing``."""
+    sections = {match.group(1): match.group(0) for match in _SECTION.finditer(existing)}
+    for placeholder in ("cpu", "gpu"):
+        sections.setdefault(placeholder, _wrap(placeholder, _not_measured(placeholder)))
+    sections[backend] = _wrap(backend, section)
+    return HEADER + "".join("\n" + text for text in sections.values())
+
+
+def _wrap(backend, body):
+    return f"<!-- BEGIN {backend} -->\n{body.rstrip()}\n<!-- END {backend} -->\n"
+
+
+def _not_measured(backend):
+    flag = " --gpu" if backend == "gpu" else ""
+    return (f"## {_TITLES[backend]}\n\nNot measured yet: run `python -m benchmarks{flag}` on a machine "
+            f"where JAX's default backend is the {_TITLES[backend]}.")
+
+
+def section(backend: str, results: dict, environment: dict, *, tiny: bool) -> str:
+    """One backend's measurements: where and how they were taken, then the tables."""
+    title = _TITLES.get(backend, backend)
+    if tiny:
+        title += " (tiny sizes: a smoke run, not a measurement)"
+    lines = [f"## {title}", ""]
+    lines += [f"- {name}: {value}" for name, value in environment.items()]
+    tables = [
+        ("Targets", _targets_table(results)),
+        ("Training steps", _steps_table(results)),
+        ("MLP step throughput", _throughput_table(results)),
+        ("Ops", _ops_table(results)),
+        ("Residual bytes", _residuals_table(results)),
+        ("Compile times", _compile_table(results)),
+    ]
+    for heading, table in tables:
+        if table:
+            lines += ["", f"### {heading}", "", *table]
+    return "\n".join(lines) + "\n"
+
+
+def _table(header, rows):
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _ms(stats: Stats | None) -> str:
+    return MISSING if stats is None else f"{stats.median:.3g} ({stats.p10:.3g}–{stats.p90:.3g})"
+
+
+def _times(value, suffix="×") -> str:
+    return MISSING if value is None else f"{value:.3g}{suffix}"
+
+
+def _checks(result) -> str:
+    if not result.checks:
+        return MISSING
+    return "; ".join(f"{'ok' if c.ok else 'FAILED'}: {c.what} {c.difference:.1e}" for c in result.checks)
+
+
+def _of_kind(results, kind):
+    return [r for r in results.values() if any(p == kind for p, _ in r.times)]
+
+
+def _steps_table(results):
+    rows = [[r.workload.label, _ms(r.times.get((STEP, PUREBP))), _ms(r.times.get((STEP, AUTODIFF))),
+             *(_ms(r.times.get((STEP, system))) for system in TORCH),
+             _times(r.ratio(STEP, AUTODIFF)), _times(r.ratio(STEP, PYTORCH_BEST)), _checks(r)]
+            for r in _of_kind(results, STEP)]
+    header = ["workload", "purebp (ms)", "autodiff (ms)", "PyTorch (ms)", "PyTorch channels-last (ms)",
+              "purebp / autodiff", "purebp / PyTorch best", "check"]
+    return _table(header, rows) if rows else []
+
+
+def _matmul_peak(results):
+    """The best GFLOP/s of the plain matmul over the systems that ran it: the machine's practical peak."""
+    result = results.get("matmul")
+    if result is None:
+        return None
+    return max(result.workload.flops / stats.median / 1e6 for stats in result.times.values())
+
+
+def _throughput_table(results):
+    mlp, matmul, peak = results.get("mlp"), results.get("matmul"), _matmul_peak(results)
+    rows = []
+    if matmul:
+        for (_, system), stats in matmul.times.items():
+            gflops = matmul.workload.flops / stats.median / 1e6
+            rows.append([f"{matmul.workload.label}, {system}", _ms(stats), f"{gflops:.0f}",
+                         _times(gflops / peak * 100, "%")])
+    if mlp:
+        for (_, system), stats in mlp.times.items():
+            gflops = mlp.workload.flops / stats.median / 1e6
+            share = gflops / peak * 100 if peak else None
+            rows.append([f"MLP step, {system}", _ms(stats), f"{gflops:.0f}", _times(share, "%")])
+    header = ["what", "time (ms)", "GFLOP/s", "% of matmul peak"]
+    note = ["", "The MLP step's FLOPs are those of forward + backward, 2·B·(3 Σ in·out − in₀·out₀) "
+                "(the first layer's input cotangent is never computed); the matmul peak is the better of JAX's and PyTorch's."]
+    return _table(header, rows) + note if rows else []
+
+
+def _ops_table(results):
+    rows = []
+    for r in _of_kind(results, FWD_BWD):
+        for pass_ in (BACKWARD, FWD_BWD):
+            rows.append([r.workload.label, pass_, _ms(r.times.get((pass_, PUREBP))),
+                         _ms(r.times.get((pass_, AUTODIFF))), *(_ms(r.times.get((pass_, s))) for s in TORCH),
+                         _times(r.ratio(pass_, AUTODIFF)), _times(r.ratio(pass_, PYTORCH_BEST)),
+                         _checks(r) if pass_ == FWD_BWD else ""])
+    header = ["op", "pass", "purebp (ms)", "autodiff (ms)", "PyTorch NCHW (ms)", "PyTorch channels-last (ms)",
+              "purebp / autodiff", "purebp / PyTorch best", "check"]
+    return _table(header, rows) if rows else []
+
+
+def _residuals_table(results):
+    rows = []
+    for r in results.values():
+        if r.residual_bytes:
+            mine, theirs = r.residual_bytes[PUREBP], r.residual_bytes[AUTODIFF]
+            rows.append([r.workload.label, f"{mine:,}", f"{theirs:,}", _times(mine / theirs if theirs else None),
+                         "met" if mine <= theirs else "missed"])
+    return _table(["workload", "purebp", "autodiff", "purebp / autodiff", "≤ autodiff"], rows) if rows else []
+
+
+def _compile_table(results):
+    rows = []
+    for r in results.values():
+        for pass_ in dict.fromkeys(p for p, _ in r.compile_seconds):
+            mine, theirs = r.compile_seconds[(pass_, PUREBP)], r.compile_seconds[(pass_, AUTODIFF)]
+            rows.append([r.workload.label, pass_, f"{mine:.2f}", f"{theirs:.2f}", _times(mine / theirs)])
+    return _table(["workload", "pass", "purebp (s)", "autodiff (s)", "purebp / autodiff"], rows) if rows else []
+
+
+def _targets_table(results):
+    """The issue's targets, each with its measured figure; rows whose workloads did not run are left out."""
+    rows = []
+
+    def ratio_target(name, pass_, other, limit, what=None):
+        if name in results:
+            value = results[name].ratio(pass_, other)
+            what = what or f"{results[name].workload.label}, {pass_}"
+            rows.append([f"{what} ≤ {limit:g}× {other}", _times(value), _verdict(value, value is not None
+                                                                                   and value <= limit)])
+
+    ratio_target("mlp", STEP, AUTODIFF, 1.0, "MLP step")
+    if "mlp" in results and "matmul" in results:
+        mlp = results["mlp"]
+        gflops = mlp.workload.flops / mlp.median(STEP, PUREBP) / 1e6
+        share = gflops / _matmul_peak(results)
+        rows.append(["MLP step ≥ 85% of the matmul peak", f"{share * 100:.0f}% ({gflops:.0f} GFLOP/s)",
+                     _verdict(share, share >= 0.85)])
+    ratio_target("cnn", STEP, AUTODIFF, 0.6, "CNN step")
+    ratio_target("cnn", STEP, TORCH[1], 1.0, "CNN step")
+    ratio_target("max_pool", BACKWARD, AUTODIFF, 0.05)
+    ratio_target("max_pool_overlap", BACKWARD, AUTODIFF, 1.0)
+    ratio_target("max_pool_stride1", BACKWARD, AUTODIFF, 1.0)
+    for name in ("conv_first", "conv_second", "conv_wide", "conv_transpose"):
+        ratio_target(name, FWD_BWD, AUTODIFF, 0.5)
+        ratio_target(name, FWD_BWD, PYTORCH_BEST, 1.5)  # an aim rather than a requirement
+    measured = [r for r in results.values() if r.residual_bytes]
+    if measured:
+        over = [r.name for r in measured if r.residual_bytes[PUREBP] > r.residual_bytes[AUTODIFF]]
+        rows.append(["residual bytes ≤ autodiff, every op and model",
+                     f"{len(measured) - len(over)} of {len(measured)}" + (f" (over: {', '.join(over)})" if over else ""),
+                     "met" if not over else "missed"])
+    return _table(["target", "measured", "met"], rows) if rows else []
+
+
+def _verdict(value, met):
+    return MISSING if value is None else ("met" if met else "missed")

@@ -1,0 +1,62 @@
+"""Interleaved wall-clock timing and compile timing.
+
+Every system of a workload is timed in the same loop: each repeat calls every system once, in an
+order that rotates from repeat to repeat, so that a slow spell of a shared machine (other
+processes, frequency changes) falls on all of them alike and their ratios stay meaningful.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Milliseconds per call: the median and the 10th and 90th percentiles of the repeats."""
+
+    median: float
+    p10: float
+    p90: float
+
+    @classmethod
+    def of(cls, seconds) -> Stats:
+        p10, median, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 50, 90])
+        return cls(float(median), float(p10), float(p90))
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, repeats: int) -> dict[str, Stats]:
+    """Times each of ``calls`` (each runs once and waits for its result) ``repeats`` times, interleaved.
+
+    Every call first runs ``warmup`` times untimed (caches, allocator pools, thread pools).
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    names = list(calls)
+    samples = {name: [] for name in names}
+    gc.collect()
+    gc.disable()  # a collection inside one timed call would land on whichever system happened to run
+    try:
+        for repeat in range(repeats):
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                calls[name]()
+                samples[name].append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return {name: Stats.of(samples[name]) for name in names}
+
+
+def compile_seconds(jitted, *args) -> float:
+    """Seconds to trace, lower and compile ``jitted`` for ``args``.
+
+    The executable lands in jit's cache, so the first timed call does not compile again.
+    """
+    start = time.perf_counter()
+    jitted.lower(*args).compile()
+    return time.perf_counter() - start

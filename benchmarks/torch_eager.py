@@ -1,0 +1,128 @@
+"""PyTorch eager versions of the workloads (float32, CPU), built from the same arrays and parameters.
+
+Importing this module needs torch (the ``bench`` extra); the runner leaves PyTorch out without it.
+Each convolution workload runs in two memory formats: ``NCHW`` (torch's default) and
+``channels-last`` (``torch.channels_last``: NHWC in memory, often faster on CPU). Models are
+``torch.nn`` modules with the JAX parameters copied in, so their first loss matches purebp's.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYOUTS = {"NCHW": torch.contiguous_format, "channels-last": torch.channels_last}
+_FUNCTIONS = {"max_pool": F.max_pool2d, "conv": F.conv2d, "conv_transpose": F.conv_transpose2d}
+# JAX's channels-last arrays to torch's logical NCHW: activations (N, H, W, C) -> (N, C, H, W);
+# conv kernels (kh, kw, in, out) -> (out, in, kh, kw); conv_transpose kernels -> (in, out, kh, kw).
+_TO_NCHW = {"activation": (0, 3, 1, 2), "conv": (3, 2, 0, 1), "conv_transpose": (2, 3, 0, 1)}
+
+
+def configure():
+    """Gives torch's intra-op pool every core, as XLA's CPU backend uses."""
+    torch.set_num_threads(os.cpu_count())
+
+
+def threads() -> int:
+    return torch.get_num_threads()
+
+
+def version() -> str:
+    return torch.__version__
+
+
+def _tensor(array, permutation=None, layout=torch.contiguous_format):
+    array = np.asarray(array)
+    if permutation is not None:
+        array = array.transpose(permutation)
+    tensor = torch.from_numpy(np.array(array, order="C"))  # a writable copy: JAX's buffers are read-only
+    return tensor.contiguous(memory_format=layout) if tensor.ndim == 4 else tensor
+
+
+def matmul(a, b):
+    a, b = _tensor(a), _tensor(b)
+    return lambda: torch.mm(a, b)
+
+
+def _train_step(model, x, labels, learning_rate, momentum):
+    """The timed step, and the loss at the initial parameters (for the runner's sanity check)."""
+    with torch.no_grad():
+        initial_loss = float(F.cross_entropy(model(x), labels))
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step, initial_loss
+
+
+def mlp_step(params, x, labels, learning_rate, momentum):
+    """Linear-ReLU-...-Linear with purebp.mlp's ``[in, out]`` weights (torch stores ``[out, in]``)."""
+    modules = []
+    for layer in params:
+        linear = nn.Linear(*layer["w"].shape)
+        with torch.no_grad():
+            linear.weight.copy_(_tensor(layer["w"], (1, 0)))
+            linear.bias.copy_(_tensor(layer["b"]))
+        modules += [linear, nn.ReLU()]
+    model = nn.Sequential(*modules[:-1])
+    return _train_step(model, _tensor(x), _tensor(labels).long(), learning_rate, momentum)
+
+
+def cnn_step(params, x, labels, learning_rate, momentum, layout):
+    """The CNN of ``workloads.cnn`` as an ``nn.Sequential`` in memory format ``layout``."""
+    conv1, _, _, conv2, _, _, _, dense = params
+    convs = []
+    for conv in (conv1, conv2):
+        *_, c_in, c_out = conv["w"].shape
+        module = nn.Conv2d(c_in, c_out, 3, padding=1)
+        with torch.no_grad():
+            module.weight.copy_(_tensor(conv["w"], _TO_NCHW["conv"]))
+            module.bias.copy_(_tensor(conv["b"]))
+        convs.append(module)
+    side, channels, classes = x.shape[1] // 4, conv2["w"].shape[-1], dense["w"].shape[-1]
+    linear = nn.Linear(side * side * channels, classes)
+    with torch.no_grad():
+        # purebp flattens (H, W, C), torch (C, H, W): reorder the dense layer's input rows to match.
+        rows = np.asarray(dense["w"]).reshape(side, side, channels, classes).transpose(3, 2, 0, 1)
+        linear.weight.copy_(_tensor(rows.reshape(classes, -1)))
+        linear.bias.copy_(_tensor(dense["b"]))
+    model = nn.Sequential(convs[0], nn.ReLU(), nn.MaxPool2d(2), convs[1], nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), linear).to(memory_format=LAYOUTS[layout])
+    x = _tensor(x, _TO_NCHW["activation"], LAYOUTS[layout])
+    return _train_step(model, x, _tensor(labels).long(), learning_rate, momentum)
+
+
+def op_passes(op, args, torch_options, cotangent, layout):
+    """``(backward, forward_backward)`` of one op on ``args``, JAX's channels-last arrays.
+
+    ``backward`` applies the saved graph to ``cotangent`` (``retain_graph``, so it can run again);
+    ``forward_backward`` runs the op and then its backward. Raises ValueError where torch's output
+    shape differs from the cotangent's, i.e. where ``torch_options`` do not spell the JAX op.
+    """
+    x, *weights = args
+    layout = LAYOUTS[layout]
+    inputs = [_tensor(x, _TO_NCHW["activation"], layout)]
+    inputs += [_tensor(w, _TO_NCHW.get(op) if w.ndim == 4 else None, layout) for w in weights]
+    for tensor in inputs:
+        tensor.requires_grad_()
+    function = _FUNCTIONS[op]
+    y = function(*inputs, **torch_options)
+    g = _tensor(cotangent, _TO_NCHW["activation"], layout)
+    if y.shape != g.shape:
+        raise ValueError(f"torch's {op} with {torch_options} gives shape {tuple(y.shape)}, JAX's {tuple(g.shape)}.")
+
+    def backward():
+        return torch.autograd.grad(y, inputs, g, retain_graph=True)
+
+    def forward_backward():
+        return torch.autograd.grad(function(*inputs, **torch_options), inputs, g)
+
+    return backward, forward_backward
