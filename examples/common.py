@@ -52,12 +52,15 @@ def parser(description: str, *, epochs: int, learning_rate: float, batch_size: i
     return cli
 
 
-def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evaluate_fn=None, log=print):
-    """``training.fit`` with SGD and momentum 0.9, shuffled from ``seed``; returns ``(params, history, seconds)``."""
+def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evaluate_fn=None, log=print, mesh=None):
+    """``training.fit`` with SGD and momentum 0.9, shuffled from ``seed``; returns ``(params, history, seconds)``.
+
+    With a ``mesh``, data-parallel over its devices (see ``training.fit``).
+    """
     start = time.perf_counter()
     params, history = training.fit(
         loss, params, data, key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
-        optimizer=optax.sgd(learning_rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log)
+        optimizer=optax.sgd(learning_rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log, mesh=mesh)
     return params, history, time.perf_counter() - start
 
 

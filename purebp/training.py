@@ -3,10 +3,17 @@
 The default optimizer is ``optax.sgd(learning_rate, momentum=0.9)``; any
 ``optax.GradientTransformation`` works. Nothing here knows about purebp's ops: the gradients come
 from whatever ``loss_fn`` calls (with purebp's layers, hand-written VJPs all the way down).
+
+Data parallelism is JAX's own: pass a ``jax.sharding.Mesh`` (``data_parallel_mesh()`` builds one
+over every device of every process) and the step is jitted with ``NamedSharding``s that split each
+batch along its leading dim over the mesh and replicate params and optimizer state; XLA inserts
+the all-reduce of the gradients. Under ``jax.distributed.initialize`` the same code runs on
+several hosts, one process per host.
 """
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -14,14 +21,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, mesh: Mesh | None = None,
+                    batch_axis: str | Sequence[str] | None = None) -> Callable:
     """Returns ``step(params, opt_state, *batch) -> (params, opt_state, loss)``, pure and jitted.
+
+    With a ``mesh`` the step is data-parallel: it is jitted with ``in_shardings`` that split every
+    batch array along its leading dim over ``batch_axis`` and replicate ``params`` and
+    ``opt_state`` (``out_shardings`` replicate all three results). ``loss_fn`` still sees the whole
+    batch, and XLA reduces its mean and the gradients across devices with its own collectives.
+    One function rather than a separate data-parallel one, because the mesh changes where arrays
+    live, not the step's arithmetic or signature: going from one device to many is one argument.
 
     Args:
       loss_fn: ``loss_fn(params, *batch)`` returning a scalar.
       optimizer: an optax gradient transformation, e.g. ``optax.sgd(0.1, momentum=0.9)``.
+      mesh: optional ``jax.sharding.Mesh``, e.g. ``data_parallel_mesh()``; None for one device.
+        Its axes are used as ``Auto`` (XLA places the collectives), whatever their type.
+      batch_axis: the mesh axis (or axes) that splits the batch; None means every axis of ``mesh``.
+
+    Raises:
+      TypeError: if ``mesh`` is not a ``jax.sharding.Mesh``.
+      ValueError: if ``batch_axis`` names no axis of ``mesh``, or, when called, if a batch's
+        leading dim does not divide evenly over the devices along ``batch_axis``.
     """
 
     def step(params, opt_state, *batch):
@@ -29,22 +53,116 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step)
+    if mesh is None:
+        return jax.jit(step)
+    sharded, shards = _batch_sharding(mesh, batch_axis)
+    replicated = NamedSharding(sharded.mesh, PartitionSpec())
+    # `batch` travels as one tuple so that one sharding covers however many arrays it holds.
+    sharded_step = jax.jit(lambda params, opt_state, batch: step(params, opt_state, *batch),
+                           in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
+
+    @functools.wraps(step)
+    def data_parallel_step(params, opt_state, *batch):
+        for leaf in jax.tree_util.tree_leaves(batch):
+            _check_divisible(np.shape(leaf)[0] if np.ndim(leaf) else 0, shards, "batch", sharded)
+        return sharded_step(params, opt_state, batch)
+
+    # As a jitted function's: `step.lower(params, opt_state, *batch).compile().as_text()` shows the collectives.
+    data_parallel_step.lower = lambda params, opt_state, *batch: sharded_step.lower(params, opt_state, batch)
+    return data_parallel_step
 
 
-def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True,
-            drop_remainder: bool = False) -> Iterator[tuple]:
+def data_parallel_mesh(devices: Sequence | None = None, axis_name: str = "batch") -> Mesh:
+    """A one-dimensional mesh for data parallelism, by default over every device JAX sees.
+
+    Args:
+      devices: the devices, in mesh order; None means ``jax.devices()``, every device of every
+        process under ``jax.distributed``, laid out by ``jax.make_mesh`` for fast collectives.
+      axis_name: the name of the mesh's one axis.
+
+    Returns:
+      ``jax.sharding.Mesh`` of shape ``{axis_name: len(devices)}`` with an ``Auto`` axis, so XLA
+      places the collectives.
+
+    Raises:
+      TypeError: if ``devices`` holds anything but JAX devices, or ``axis_name`` is not a string.
+      ValueError: if ``devices`` is empty.
+
+    >>> dict(data_parallel_mesh(jax.devices()[:1]).shape)
+    {'batch': 1}
+    """
+    if not isinstance(axis_name, str):
+        raise TypeError(f"`axis_name` must be a string, got {axis_name!r}.")
+    auto = (jax.sharding.AxisType.Auto,)
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), (axis_name,), axis_types=auto)
+    devices = list(devices)
+    if not devices:
+        raise ValueError("`devices` must list at least one device, got none.")
+    if not all(isinstance(device, jax.Device) for device in devices):
+        raise TypeError(f"`devices` must hold jax devices (e.g. from jax.devices()), got {devices!r}.")
+    return Mesh(np.asarray(devices), (axis_name,), axis_types=auto)
+
+
+def replicate(tree, mesh: Mesh):
+    """Copies every leaf of ``tree`` (params, optimizer state) to every device of ``mesh``.
+
+    Under several processes each must pass the same values, as with ``jax.device_put``.
+    """
+    return jax.device_put(tree, NamedSharding(_auto_axes(mesh), PartitionSpec()))
+
+
+def shard_batch(batch, mesh: Mesh, *, batch_axis: str | Sequence[str] | None = None):
+    """Places one batch on ``mesh``, split along its leading (example) dim over ``batch_axis``.
+
+    For your own input pipeline. Each process passes the rows it loaded: under one process the
+    whole batch; under several (``jax.distributed``), its own slice, the global batch being the
+    processes' slices in process order (``jax.make_array_from_process_local_data``).
+
+    Args:
+      batch: a pytree (e.g. a tuple) of arrays that share their leading dim.
+      mesh: a ``jax.sharding.Mesh``.
+      batch_axis: the mesh axis (or axes) that splits the batch; None means every axis of ``mesh``.
+
+    Returns:
+      The same pytree of global ``jax.Array`` s, each sharded ``PartitionSpec(batch_axis)``.
+
+    Raises:
+      ValueError: if the arrays' leading dims differ or do not divide evenly over this
+        process's devices along ``batch_axis``.
+    """
+    sharding, shards = _batch_sharding(mesh, batch_axis)
+    leaves = jax.tree_util.tree_leaves(batch)
+    lengths = [np.shape(leaf)[0] if np.ndim(leaf) else 0 for leaf in leaves]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"`batch` arrays must share their leading dim, got lengths {lengths}.")
+    processes = len({device.process_index for device in mesh.devices.flat})
+    _check_divisible(lengths[0] if lengths else 0, shards // processes, "batch", sharding)
+    return jax.make_array_from_process_local_data(sharding, batch)
+
+
+def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True, drop_remainder: bool = False,
+            mesh: Mesh | None = None, batch_axis: str | Sequence[str] | None = None) -> Iterator[tuple]:
     """Yields tuples of aligned slices of ``arrays``, one epoch, in an order fixed by ``key``.
+
+    With a ``mesh``, each batch comes as global ``jax.Array`` s split along the leading dim over
+    ``batch_axis``, ready for ``make_train_step(..., mesh=mesh)``. Under several processes every
+    process passes the same ``arrays`` and ``key`` and places only the rows its own devices hold,
+    so a run does not depend on how the devices are spread over hosts.
 
     Args:
       key: a ``jax.random`` key; the same key gives the same order. Ignored when not shuffling.
       arrays: arrays sharing their leading (example) dim.
-      batch_size: examples per batch.
+      batch_size: examples per batch (the global batch, with a ``mesh``).
       shuffle: permute the examples first.
       drop_remainder: skip a last batch smaller than ``batch_size`` (keeps one compiled shape).
+      mesh: optional ``jax.sharding.Mesh`` to place each batch on.
+      batch_axis: the mesh axis (or axes) that splits the batch; None means every axis of ``mesh``.
 
     Raises:
-      ValueError: if the arrays' lengths differ or ``batch_size`` is not positive.
+      ValueError: if the arrays' lengths differ, ``batch_size`` is not positive, or, with a
+        ``mesh``, ``batch_size`` or a kept last batch does not divide evenly over the devices
+        along ``batch_axis``.
     """
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
@@ -52,11 +170,52 @@ def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True,
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     n = lengths.pop()
-    order = np.asarray(jax.random.permutation(key, n)) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_remainder else n
+    if mesh is not None:
+        sharding, shards = _batch_sharding(mesh, batch_axis)
+        _check_divisible(batch_size, shards, "batch_size", sharding)
+        if stop % batch_size % shards:
+            raise ValueError(f"`batch_size` ({batch_size}) leaves a last batch of {stop % batch_size} of the {n} "
+                             f"examples, which the {shards} devices of `mesh` cannot split evenly; pass "
+                             f"drop_remainder=True.")
+    order = np.asarray(jax.random.permutation(key, n)) if shuffle else np.arange(n)
     for start in range(0, stop, batch_size):
         index = order[start:start + batch_size]
-        yield tuple(a[index] for a in arrays)
+        batch = tuple(a[index] for a in arrays)
+        if mesh is not None:  # every process holds the global batch and places its own rows of it
+            batch = tuple(jax.make_array_from_process_local_data(sharding, a, a.shape) for a in batch)
+        yield batch
+
+
+def _auto_axes(mesh):
+    """``mesh`` with every axis ``Auto``, so that XLA shards the hand-written backward rules itself.
+
+    Under ``Explicit`` axes (``jax.make_mesh``'s default) every contraction over the sharded batch,
+    such as dense's ``dw = x.T @ g``, would need an ``out_sharding`` the rules do not give.
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh, e.g. training.data_parallel_mesh(), got {mesh!r}.")
+    auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+    return mesh if mesh.axis_types == auto else Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
+def _batch_sharding(mesh, batch_axis):
+    """The batch's ``NamedSharding`` (leading dim split over ``batch_axis``) and its number of shards."""
+    mesh = _auto_axes(mesh)
+    names = mesh.axis_names
+    axes = names if batch_axis is None else (batch_axis,) if isinstance(batch_axis, str) else tuple(batch_axis)
+    if not axes or not all(axis in names for axis in axes) or len(set(axes)) < len(axes):
+        raise ValueError(f"`batch_axis` must name distinct axes of `mesh` {names}, got {batch_axis!r}.")
+    spec = PartitionSpec(axes[0] if len(axes) == 1 else axes)
+    return NamedSharding(mesh, spec), math.prod(mesh.shape[axis] for axis in axes)
+
+
+def _check_divisible(size, shards, name, sharding):
+    if size % shards:
+        multiples = " or ".join(str(m) for m in (size // shards * shards, (size // shards + 1) * shards) if m)
+        raise ValueError(f"`{name}` ({size} examples) must be divisible by the {shards} devices that split it along "
+                         f"mesh axis {sharding.spec[0]!r} of {dict(sharding.mesh.shape)}; use a multiple of {shards}, "
+                         f"e.g. {multiples}.")
 
 
 def accuracy(outputs, labels) -> jax.Array:
@@ -106,7 +265,7 @@ def _jitted(apply_fn):
 
 def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_size: int,
         optimizer: optax.GradientTransformation | None = None, learning_rate: float = 0.1,
-        evaluate_fn: Callable | None = None, log: Callable[[str], None] | None = print):
+        evaluate_fn: Callable | None = None, log: Callable[[str], None] | None = print, mesh: Mesh | None = None):
     """Trains ``params`` on ``data`` for ``epochs``, one progress line per epoch.
 
     Args:
@@ -122,6 +281,9 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
       evaluate_fn: optional ``evaluate_fn(params) -> dict`` of metrics (e.g. ``test_accuracy``),
         run after each epoch and logged; its names must differ from the history's own.
       log: where progress lines go; None for silence.
+      mesh: optional ``jax.sharding.Mesh`` for data-parallel training: params and optimizer state
+        are replicated on it, each batch of ``batch_size`` examples is split over all its devices
+        (see ``batches``), and the returned params are replicated.
 
     Returns:
       ``(params, history)``: the trained parameters and one dict per epoch with ``epoch``,
@@ -131,13 +293,15 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
     if len(data[0]) < batch_size:
         raise ValueError(f"`batch_size` ({batch_size}) must not exceed the {len(data[0])} examples of `data`.")
     optimizer = optax.sgd(learning_rate, momentum=0.9) if optimizer is None else optimizer
-    step = make_train_step(loss_fn, optimizer)
+    step = make_train_step(loss_fn, optimizer, mesh=mesh)
     opt_state = optimizer.init(params)
+    if mesh is not None:
+        params, opt_state = replicate((params, opt_state), mesh)
     history = []
     for epoch in range(1, epochs + 1):
         key, epoch_key = jax.random.split(key)
         start, losses = time.perf_counter(), []
-        for batch in batches(epoch_key, data, batch_size, drop_remainder=True):
+        for batch in batches(epoch_key, data, batch_size, drop_remainder=True, mesh=mesh):
             params, opt_state, loss = step(params, opt_state, *batch)
             losses.append(loss)
         mean_loss = float(jnp.mean(jnp.stack(losses)))  # waits for the last step

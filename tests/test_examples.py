@@ -67,5 +67,10 @@ def test_cnn_reaches_97_percent():
 
 
 @pytest.mark.slow
+def test_data_parallel_cnn_reaches_97_percent():
+    assert example("train_data_parallel").run(log=quiet)["test_accuracy"] >= 0.97
+
+
+@pytest.mark.slow
 def test_autoencoder_reconstructs(tmp_path):
     assert example("train_autoencoder").run(out_dir=tmp_path, log=quiet)["test_loss"] < 0.005
