@@ -10,6 +10,12 @@ slides the window one position at a time. They share one ``custom_vjp`` core who
 two more convolutions, written out: the input cotangent correlates the cotangent with the flipped
 kernel (a transposed convolution), the kernel cotangent correlates the input with the cotangent,
 the batch being the contracted dim. Residuals: the input and the kernel, nothing else.
+
+On CPUs the same sums are computed as matmuls where XLA:CPU's convolutions are slow (chosen by
+``lax.platform_dependent`` when the program is lowered, so GPUs and TPUs keep the convolutions):
+the kernel cotangent always (patches · ȳ, a few examples at a time), the input cotangent of a conv
+on at most four input channels (ȳ wᵀ, then a sum of shifted copies). Measurements:
+``docs/performance.md``.
 Derivations: ``docs/derivations/convolution.md``, ``docs/derivations/transposed-convolution.md``.
 """
 from __future__ import annotations
@@ -22,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from purebp import _static
+from purebp import _static, _vma
 
 
 def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
@@ -81,7 +87,7 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
     in_spatial, window = jnp.shape(x)[1:-1], _static.dilate_shape(jnp.shape(w)[:n], dilation)
     pairs = _static.padding_pairs(padding, in_spatial, window, stride)
     _static.check_window_fits(in_spatial, pairs, window, "w")
-    return _conv(stride, pairs, (1,) * n, dilation, groups, b is not None, x, w, b)
+    return _conv(stride, pairs, (1,) * n, dilation, groups, _bias_vma(b), x, w, b)
 
 
 def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
@@ -138,7 +144,7 @@ def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
         pairs = padding
     spread = _static.dilate_shape(jnp.shape(x)[1:-1], stride)
     _static.check_window_fits(spread, pairs, window, "w")
-    return _conv((1,) * n, pairs, stride, dilation, 1, b is not None, x, w, b)
+    return _conv((1,) * n, pairs, stride, dilation, 1, _bias_vma(b), x, w, b)
 
 
 def _check_operands(x, w, b, kernel_layout):
@@ -181,43 +187,83 @@ def _layout(num_spatial):
 
 # The core: y = conv_general_dilated(x, w) with window stride `stride`, explicit pairs `padding`,
 # input (lhs) dilation `input_dilation` and kernel (rhs) dilation `dilation`. conv has
-# input_dilation = 1; conv_transpose has stride = 1 and input_dilation = its stride.
+# input_dilation = 1; conv_transpose has stride = 1 and input_dilation = its stride. `bias_vma` is
+# the bias's vma (static, so the bias is no residual), None for no bias.
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
-def _conv(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b):
-    return _conv_fwd(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b)[0]
+def _conv(stride, padding, input_dilation, dilation, groups, bias_vma, x, w, b):
+    return _conv_fwd(stride, padding, input_dilation, dilation, groups, bias_vma, x, w, b)[0]
 
 
-def _conv_fwd(stride, padding, input_dilation, dilation, groups, has_bias, x, w, b):
+def _bias_vma(b):
+    return None if b is None else _vma.of(b)
+
+
+def _conv_fwd(stride, padding, input_dilation, dilation, groups, bias_vma, x, w, b):
     y = lax.conv_general_dilated(
         x, w, window_strides=stride, padding=padding, lhs_dilation=input_dilation,
         rhs_dilation=dilation, dimension_numbers=_layout(x.ndim - 2), feature_group_count=groups)
-    return (y + b if has_bias else y), (x, w)
+    return (y if bias_vma is None else y + b), (x, w)
 
 
-def _conv_bwd(stride, padding, input_dilation, dilation, groups, has_bias, res, g):
+def _conv_bwd(stride, padding, input_dilation, dilation, groups, bias_vma, res, g):
     # ((x, w), ct y) -> (ct x, ct w, ct b). Per spatial dim, y[o] reads x̂[o s + k d] = x[i] where
     # i l + lo = o s + k d (l = input_dilation), so both cotangents sum over exactly those (o, k, i).
     x, w = res
-    n = x.ndim - 2
-    data, kernel, _ = _layout(n)
-    window = _static.dilate_shape(w.shape[:n], dilation)  # k_eff = (k − 1) d + 1
+    geometry = (stride, padding, input_dilation, dilation, groups)
+    # XLA:CPU runs convolutions with a large or dilated "kernel" far below its matmul speed, so CPUs
+    # get both cotangents as matmuls; GPUs and TPUs keep the convolutions their libraries are tuned for.
+    dx = lax.platform_dependent(x, w, g, cpu=partial(_input_cotangent_by_matmul, *geometry),
+                                default=partial(_input_cotangent_by_convolution, *geometry))
+    dw = lax.platform_dependent(x, g, cpu=partial(_kernel_cotangent_by_matmul, *geometry, w.shape[:-2]),
+                                default=partial(_kernel_cotangent_by_convolution, *geometry, w.shape[:-2]))
+    db = None if bias_vma is None else g.sum(tuple(range(g.ndim - 1)))  # b̄ = Σ_{n,o} ȳ
+    return _vma.match(dx, _vma.of(x)), _vma.match(dw, _vma.of(w)), _vma.match(db, bias_vma)
+
+
+def _input_cotangent_by_convolution(stride, padding, input_dilation, dilation, groups, x, w, g):
+    """x̄[i] = Σ_k ȳ[(i l + lo − k d) / s] w[k]ᵀ: ȳ spread s apart, padded (k_eff−1−lo, k_eff−1−hi+r),
+    correlated with the flipped kernel at stride l — a transposed convolution of ȳ."""
+    data, kernel, _ = _layout(x.ndim - 2)
+    window = _static.dilate_shape(w.shape[:-2], dilation)  # k_eff = (k − 1) d + 1
     remainder = _unread_padding(stride, padding, input_dilation, window, x, g)
-    # x̄[i] = Σ_k ȳ[(i l + lo − k d) / s] w[k]ᵀ: ȳ spread s apart, padded (k_eff−1−lo, k_eff−1−hi+r),
-    # correlated with the flipped kernel at stride l — a transposed convolution of ȳ
-    dx = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         g, _flip_and_swap(w, groups), window_strides=input_dilation,
         padding=[(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip(window, padding, remainder)],
         lhs_dilation=stride, rhs_dilation=dilation, dimension_numbers=(data, kernel, data),
         feature_group_count=groups)
-    # w̄[k] = Σ_{n,o} x̂[n, o s + k d]ᵀ ȳ[n, o]. As a convolution, ȳ is a kernel as large as the
-    # image, which XLA:CPU runs far below its matmul speed (3x3, 32 -> 64 channels: 35 ms on
-    # (128, 14, 14), 550 ms on (128, 28, 28)); CPUs get patches · ȳ as matmuls instead, GPUs and
-    # TPUs keep the convolution their libraries are tuned for.
-    geometry = (stride, padding, input_dilation, dilation, groups, w.shape[:n])
-    dw = lax.platform_dependent(x, g, cpu=partial(_kernel_cotangent_by_matmul, *geometry),
-                                default=partial(_kernel_cotangent_by_convolution, *geometry))
-    db = g.sum(tuple(range(g.ndim - 1))) if has_bias else None  # b̄ = Σ_{n,o} ȳ
-    return dx, dw, db
+
+
+# The most input channels for which `_input_cotangent_by_matmul` beats XLA:CPU's transposed
+# convolution, whose output then has too few channels to vectorise over: 3x3 kernels on
+# (128, 28, 28, C_in) from 32 channels, 1.4 ms against 5.4 for C_in = 1 (2.6 against 6.0 on a busy
+# machine), 4.7 against 6.1 for C_in = 3; from C_in = 32 on, the convolution wins (12 against 16 ms
+# on (128, 14, 14)), the matmul's columns being taps × larger than x̄.
+_MATMUL_MAX_INPUT_CHANNELS = 4
+
+
+def _input_cotangent_by_matmul(stride, padding, input_dilation, dilation, groups, x, w, g):
+    """x̄ as one matmul and a sum of shifted copies: the CPU formulation for conv on few channels.
+
+    ``cols[o, k] = ȳ[o] w[k]ᵀ`` for every tap k at once; tap k's columns belong at the input
+    positions ``o s + k d − lo``, where one lax.pad spreads them s apart, shifts and crops them;
+    x̄ is the sum over taps. Input gradients of images (saliency maps, adversarial examples) are
+    the case this serves. Elsewhere, and for conv_transpose, whose x̄ is a strided convolution
+    XLA:CPU runs well, the convolution stays.
+    """
+    kernel, (c_in, c_out) = w.shape[:-2], w.shape[-2:]
+    if groups > 1 or any(l > 1 for l in input_dilation) or c_in > _MATMUL_MAX_INPUT_CHANNELS:
+        return _input_cotangent_by_convolution(stride, padding, input_dilation, dilation, groups, x, w, g)
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)  # half-precision sums accumulate in float32
+    cols = jnp.einsum("...j,tcj->...tc", g, w.reshape(len(taps), c_in, c_out), preferred_element_type=accumulate)
+    zero = jnp.zeros((), accumulate)
+
+    def placed(t, tap):  # tap's columns at o s + k d − lo, zeros elsewhere: an input-shaped array
+        pads = [(k * d - lo, i - (k * d - lo) - (o - 1) * s - 1, s - 1) for k, d, (lo, _), i, o, s
+                in zip(tap, dilation, padding, x.shape[1:-1], g.shape[1:-1], stride)]
+        return lax.pad(cols[..., t, :], zero, [(0, 0, 0), *pads, (0, 0, 0)])
+
+    return sum(placed(t, tap) for t, tap in enumerate(taps)).astype(x.dtype)
 
 
 def _unread_padding(stride, padding, input_dilation, window, x, g):

@@ -101,24 +101,26 @@ def test_conv_transpose_matches_lax(x_shape, w_shape, kwargs, bias):
 
 
 @pytest.fixture(params=["matmul", "matmul-one-example-per-chunk", "convolution"])
-def kernel_cotangent(request, monkeypatch):
-    """Each formulation of the kernel cotangent on this CPU: the matmuls CPUs get (in one chunk and
-    one example at a time) and the convolution of every other platform, run here in their place."""
+def cotangent_formulation(request, monkeypatch):
+    """Each formulation of the backward rule on this CPU: the matmuls CPUs get (the kernel cotangent
+    in one chunk and one example at a time) and the convolutions of every other platform, run here
+    in their place."""
     if request.param == "matmul-one-example-per-chunk":
         monkeypatch.setattr(conv_module, "_PATCH_BYTES_PER_CHUNK", 1)
     if request.param == "convolution":
         monkeypatch.setattr(conv_module, "_kernel_cotangent_by_matmul", conv_module._kernel_cotangent_by_convolution)
+        monkeypatch.setattr(conv_module, "_input_cotangent_by_matmul", conv_module._input_cotangent_by_convolution)
     return request.param
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs, bias", CONV_CASES)
-def test_conv_vjp_matches_reference(x_shape, w_shape, kwargs, bias, kernel_cotangent):
+def test_conv_vjp_matches_reference(x_shape, w_shape, kwargs, bias, cotangent_formulation):
     testing.check_vjp(partial(purebp.conv, **kwargs), partial(reference.conv, **kwargs),
                       *operands(x_shape, w_shape, bias))
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs, bias", TRANSPOSE_CASES)
-def test_conv_transpose_vjp_matches_reference(x_shape, w_shape, kwargs, bias, kernel_cotangent):
+def test_conv_transpose_vjp_matches_reference(x_shape, w_shape, kwargs, bias, cotangent_formulation):
     testing.check_vjp(partial(purebp.conv_transpose, **kwargs), partial(reference.conv_transpose, **kwargs),
                       *operands(x_shape, w_shape, bias))
 
