@@ -11,7 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from purebp import _static
+from purebp import _static, _vma
 from purebp.activations import ELEMENTWISE
 
 
@@ -40,7 +40,7 @@ def dense(x, w, b=None):
     """
     _static.check_floating(x, "x")
     _check_dense_args(jnp.shape(x), w, b, "x", "w", "b")
-    return _dense(_dtype_or_none(b), x, w, b)
+    return _dense(_bias_spec(b), x, w, b)
 
 
 def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
@@ -58,27 +58,29 @@ def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
                 f"`{b_name}` must have shape {jnp.shape(w)[1:]} (out of `{w_name}`), got {jnp.shape(b)}.")
 
 
-# The bias's dtype travels as a static argument (None: no bias), so the rule can return its
-# cotangent in that dtype without keeping the bias itself as a residual.
+# The bias's dtype and vma travel as a static argument (None: no bias), so the rule can return
+# its cotangent in that type without keeping the bias itself as a residual.
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _dense(bias_dtype, x, w, b):
-    return _dense_fwd(bias_dtype, x, w, b)[0]
+def _dense(bias, x, w, b):
+    return _dense_fwd(bias, x, w, b)[0]
 
 
-def _dense_fwd(bias_dtype, x, w, b):
+def _dense_fwd(bias, x, w, b):
     y = x @ w
-    return (y if bias_dtype is None else y + b), (x, w)
+    return (y if bias is None else y + b), (x, w)
 
 
-def _dense_bwd(bias_dtype, res, g):  # ((x, w), ct y) -> (ct x, ct w, ct b)
+def _dense_bwd(bias, res, g):  # ((x, w), ct y) -> (ct x, ct w, ct b)
     x, w = res
     dx = g @ w.T  # x̄ = ȳ Wᵀ
     dw, db = _weight_and_bias_cotangents(x, g)  # W̄ = xᵀ ȳ, b̄ = Σ ȳ
-    return dx.astype(x.dtype), dw.astype(w.dtype), None if bias_dtype is None else db.astype(bias_dtype)
+    db = None if bias is None else _vma.match(db.astype(bias[0]), bias[1])
+    return _vma.match(dx.astype(x.dtype), _vma.of(x)), _vma.match(dw.astype(w.dtype), _vma.of(w)), db
 
 
-def _dtype_or_none(b):
-    return None if b is None else jnp.dtype(jnp.result_type(b))
+def _bias_spec(b):
+    """What a rule needs of a bias it does not keep: ``(dtype, vma)``, or None for no bias."""
+    return None if b is None else (jnp.dtype(jnp.result_type(b)), _vma.of(b))
 
 
 def _weight_and_bias_cotangents(a_prev, delta):
@@ -132,16 +134,16 @@ def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "ide
             raise ValueError(f"`params[{l}]` must be a dict with keys 'w' and 'b', got {layer!r}.")
         _check_dense_args(shape, layer["w"], layer["b"], name, f"params[{l}]['w']", f"params[{l}]['b']")
         shape, name = shape[:-1] + jnp.shape(layer["w"])[1:], f"layer {l}'s output"
-    bias_dtypes = tuple(_dtype_or_none(layer["b"]) for layer in params)
-    return _mlp(activation, output_activation, bias_dtypes, list(params), x)
+    bias_specs = tuple(_bias_spec(layer["b"]) for layer in params)
+    return _mlp(activation, output_activation, bias_specs, list(params), x)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _mlp(activation, output_activation, bias_dtypes, params, x):
-    return _mlp_fwd(activation, output_activation, bias_dtypes, params, x)[0]
+def _mlp(activation, output_activation, bias_specs, params, x):
+    return _mlp_fwd(activation, output_activation, bias_specs, params, x)[0]
 
 
-def _mlp_fwd(activation, output_activation, bias_dtypes, params, x):
+def _mlp_fwd(activation, output_activation, bias_specs, params, x):
     inputs = []  # a⁰ … aᴸ⁻¹, each layer's input: the rule needs activations, never a pre-activation z
     a = x
     for l, layer in enumerate(params):
@@ -154,7 +156,7 @@ def _mlp_fwd(activation, output_activation, bias_dtypes, params, x):
     return a, (weights, inputs, output)
 
 
-def _mlp_bwd(activation, output_activation, bias_dtypes, res, g):  # ((W, a⁰…aᴸ⁻¹, aᴸ), ct aᴸ) -> (ct params, ct x)
+def _mlp_bwd(activation, output_activation, bias_specs, res, g):  # ((W, a⁰…aᴸ⁻¹, aᴸ), ct aᴸ) -> (ct params, ct x)
     weights, inputs, output = res
     output_derivative, hidden_derivative = ELEMENTWISE[output_activation][1], ELEMENTWISE[activation][1]
     delta = g if output_derivative is None else g * output_derivative(output)  # δᴸ = ∇ₐC ⊙ σ'(zᴸ)
@@ -162,11 +164,12 @@ def _mlp_bwd(activation, output_activation, bias_dtypes, res, g):  # ((W, a⁰�
     for l in reversed(range(len(weights))):
         a_prev, w = inputs[l], weights[l]
         dw, db = _weight_and_bias_cotangents(a_prev, delta)  # ∇Wˡ = aˡ⁻¹ᵀ δˡ, ∇bˡ = Σ δˡ
-        grads[l] = {"w": dw.astype(w.dtype), "b": db.astype(bias_dtypes[l])}
+        bias_dtype, bias_vma = bias_specs[l]
+        grads[l] = {"w": _vma.match(dw.astype(w.dtype), _vma.of(w)), "b": _vma.match(db.astype(bias_dtype), bias_vma)}
         delta = delta @ w.T  # (Wˡ)ᵀ δˡ: the cotangent of aˡ⁻¹
         if l > 0 and hidden_derivative is not None:
             delta = delta * hidden_derivative(a_prev)  # δˡ⁻¹ = ((Wˡ)ᵀ δˡ) ⊙ σ'(zˡ⁻¹)
-    return grads, delta.astype(inputs[0].dtype)
+    return grads, _vma.match(delta.astype(inputs[0].dtype), _vma.of(inputs[0]))
 
 
 _mlp.defvjp(_mlp_fwd, _mlp_bwd)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from purebp import _static
+from purebp import _static, _vma
 from purebp.activations import max_shifted, stable_log_softmax
 
 
@@ -59,7 +59,7 @@ def _binary_cross_entropy_bwd(res, g):  # ((p, y), ct J) -> (ct p, ct y)
     # ∂J/∂p = (1 − y)/(1 − p) − y/p = (p − y) / (p(1 − p)), each term 0 where its weight is 0.
     dp = _weighted(1 - y, 1 / (1 - p)) - _weighted(y, 1 / p)
     dy = jnp.log1p(-p) - jnp.log(p)  # ∂J/∂y = ln(1 − p) − ln p
-    return g * dp, g * dy
+    return _vma.match(g * dp, _vma.of(p)), _vma.match(g * dy, _vma.of(y))  # replicated labels: summed
 
 
 _binary_cross_entropy.defvjp(_binary_cross_entropy_fwd, _binary_cross_entropy_bwd)
@@ -114,7 +114,8 @@ def _sigmoid_binary_cross_entropy_bwd(res, g):  # ((z, y), ct J) -> (ct z, ct y)
     z, y = res
     # σ(z) − y, written as (1 − y)σ(z) − yσ(−z): no 1 − σ(z) cancellation when σ(z) rounds to 1.
     dz = (1 - y) * lax.logistic(z) - y * lax.logistic(-z)
-    return g * dz, -g * z  # ∂J/∂y = softplus(−z) − softplus(z) = −z
+    dy = -g * z  # ∂J/∂y = softplus(−z) − softplus(z) = −z
+    return _vma.match(g * dz, _vma.of(z)), _vma.match(dy, _vma.of(y))
 
 
 _sigmoid_binary_cross_entropy.defvjp(_sigmoid_binary_cross_entropy_fwd, _sigmoid_binary_cross_entropy_bwd)
@@ -162,7 +163,7 @@ def _softmax_cross_entropy_bwd(axis, res, g):  # ((log p, y), ct J) -> (ct z, ct
     log_p, y = res
     g = jnp.expand_dims(g, axis)
     dz = jnp.exp(log_p) * y.sum(axis, keepdims=True) - y  # p Σy − y, = p − y for normalised labels
-    return g * dz, -g * log_p
+    return _vma.match(g * dz, _vma.of(log_p)), _vma.match(-g * log_p, _vma.of(y))  # log p varies as z
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
@@ -221,7 +222,8 @@ def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels):
 def _softmax_cross_entropy_with_integer_labels_bwd(axis, res, g):  # ((p, labels), ct J) -> (ct z, None)
     p, labels = res
     one_hot = jnp.expand_dims(labels, axis) == lax.broadcasted_iota(labels.dtype, p.shape, axis)
-    return jnp.expand_dims(g, axis) * (p - one_hot), None  # ∂J/∂z = p − onehot(y)
+    dz = jnp.expand_dims(g, axis) * (p - one_hot)  # ∂J/∂z = p − onehot(y)
+    return _vma.match(dz, _vma.of(p)), None  # p varies as z
 
 
 _softmax_cross_entropy_with_integer_labels.defvjp(
@@ -268,22 +270,23 @@ def _squared_error_family(slope, predictions, targets):
         targets = jnp.zeros_like(predictions)  # its cotangent is dead code that jit removes
     _static.check_same_shape(predictions, "predictions", targets, "targets")
     targets = jnp.asarray(targets).astype(jnp.result_type(predictions))
-    return _scaled_squared_error(slope, predictions, targets)
+    return _scaled_squared_error(slope, (_vma.of(predictions), _vma.of(targets)), predictions, targets)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scaled_squared_error(slope, p, t):
-    return _scaled_squared_error_fwd(slope, p, t)[0]
+# `vmas`: p's and t's vma, static, as the only residual p − t varies as both together.
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _scaled_squared_error(slope, vmas, p, t):
+    return _scaled_squared_error_fwd(slope, vmas, p, t)[0]
 
 
-def _scaled_squared_error_fwd(slope, p, t):
+def _scaled_squared_error_fwd(slope, vmas, p, t):
     error = p - t
     return (slope / 2) * jnp.square(error), error  # slope 2: (p − t)²; slope 1: ½(p − t)²
 
 
-def _scaled_squared_error_bwd(slope, error, g):  # (p − t, ct J) -> (ct p, ct t)
+def _scaled_squared_error_bwd(slope, vmas, error, g):  # (p − t, ct J) -> (ct p, ct t)
     dp = g * (slope * error)  # ∂J/∂p = slope · (p − t)
-    return dp, -dp
+    return _vma.match(dp, vmas[0]), _vma.match(-dp, vmas[1])
 
 
 _scaled_squared_error.defvjp(_scaled_squared_error_fwd, _scaled_squared_error_bwd)

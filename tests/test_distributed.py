@@ -299,22 +299,66 @@ def test_op_under_shard_map(name, mesh):
     close(grads, jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums))(*args))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "purebp's backward rules return a device-varying cotangent for a replicated weight; under shard_map's "
-    "check_vma, JAX's own rules psum it instead. Cast the params to varying first, as test_op_under_shard_map "
-    "does, or pass check_vma=False."))
+def replicated_case(name, replicated):
+    """``op_case`` with the arguments whose indices are in ``replicated`` left whole (``P()``) in
+    shard_map, each device's copy ``DEVICES`` times the example's leading dim; and the same op on
+    the whole batch outside shard_map, those arguments tiled once per device, as the oracle."""
+    args = draw(name, seed=1, batch=(DEVICES,), batched=("input",))
+    args = cast(tuple(jax.tree_util.tree_map(
+        lambda a: a[0] if i in replicated else a.reshape((-1,) + a.shape[2:]), arg) if role == "input" else arg
+        for i, (arg, role) in enumerate(zip(args, roles(name)))), np.float32)
+    specs = tuple(P() if role == "param" or i in replicated else P("batch") for i, role in enumerate(roles(name)))
+    tile = lambda a: jnp.tile(a, (DEVICES,) + (1,) * (a.ndim - 1))
+    whole = lambda *a: tuple(tile(x) if i in replicated else x for i, x in enumerate(a))
+    return args, specs, whole
+
+
 @pytest.mark.parametrize("name", WITH_PARAMS)
 def test_op_under_shard_map_with_replicated_params(name, mesh):
+    """The weights replicated (invariant), the batch split (varying), no cast: each rule sums the
+    weights' cotangents over the devices, as JAX's autodiff does. Runs on one device too, where the
+    mesh axis is still manual and the types still differ."""
     fn, args, cotangent = op_case(name)
     argnums, specs = floating_argnums(args), [P("batch") if role == "input" else P() for role in roles(name)]
     twin = functools.partial(getattr(reference, name), **EXAMPLES[name].options)
+    per_device = lambda ct, *a: jax.grad(lambda *b: jnp.sum(fn(*b) * ct), argnums)(*a)
+    grads = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("batch"), *specs),
+                                  out_specs=tuple(specs[i] for i in argnums)))(cotangent, *args)
+    close(grads, jax.jit(jax.grad(lambda *a: jnp.sum(twin(*a) * cotangent), argnums))(*args))
 
-    def gradients(f):
-        per_device = lambda ct, *a: jax.grad(lambda *b: jnp.sum(f(*b) * ct), argnums)(*a)
-        return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("batch"), *specs),
-                                     out_specs=tuple(specs[i] for i in argnums)))(cotangent, *args)
 
-    close(gradients(fn), gradients(twin))
+TWO_OPERAND_LOSSES = tuple(name for name in EXAMPLES if name not in WITH_PARAMS and len(EXAMPLES[name].args) == 2)
+
+
+@pytest.mark.parametrize("replicated", [0, 1], ids=["replicated-first", "replicated-second"])
+@pytest.mark.parametrize("name", TWO_OPERAND_LOSSES)
+def test_loss_under_shard_map_with_one_operand_replicated(name, replicated, mesh):
+    """E.g. labels shared by every device: their cotangent is summed over the devices."""
+    args, specs, whole = replicated_case(name, {replicated})
+    fn = functools.partial(getattr(purebp, name), **EXAMPLES[name].options)
+    twin = functools.partial(getattr(reference, name), **EXAMPLES[name].options)
+    argnums = floating_argnums(args)
+    cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(jax.eval_shape(fn, *whole(*args)).shape),
+                            np.float32)
+    per_device = lambda ct, *a: jax.grad(lambda *b: jnp.sum(fn(*b) * ct), argnums)(*a)
+    grads = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("batch"), *specs),
+                                  out_specs=tuple(specs[i] for i in argnums)))(cotangent, *args)
+    close(grads, jax.grad(lambda *a: jnp.sum(twin(*whole(*a)) * cotangent), argnums)(*args))
+
+
+def test_shard_map_cotangents_are_summed_only_where_the_types_differ(mesh):
+    """The psum is in the shard_map jaxpr (on one device too), absent outside it and under check_vma=False."""
+    x, w, b = jnp.ones((2 * DEVICES, 3)), jnp.ones((3, 4)), jnp.ones(4)
+    grad = jax.grad(lambda x, w, b: purebp.dense(x, w, b).sum(), (0, 1, 2))
+    assert "psum" not in str(jax.make_jaxpr(grad)(x, w, b))
+    checked = jax.shard_map(grad, mesh=mesh, in_specs=(P("batch"), P(), P()), out_specs=(P("batch"), P(), P()))
+    assert str(jax.make_jaxpr(checked)(x, w, b)).count("psum") == 2  # w̄ and b̄; x̄ varies as x does
+    unchecked = jax.shard_map(grad, mesh=mesh, in_specs=(P("batch"), P(), P()),
+                              out_specs=(P("batch"), P("batch"), P("batch")), check_vma=False)
+    assert "psum" not in str(jax.make_jaxpr(unchecked)(x, w, b))  # local gradients, yours to pmean
+    _, dw, db = unchecked(x, w, b)
+    assert dw.shape == (3 * DEVICES, 4) and db.shape == (4 * DEVICES,)  # one per device, stacked
+    np.testing.assert_allclose(dw, 2.0)
 
 
 def free_port():
