@@ -287,8 +287,9 @@ def _kernel_cotangent_by_convolution(stride, padding, input_dilation, dilation, 
 
 
 # Examples per matmul in `_kernel_cotangent_by_matmul`: chunks whose patches take about this many
-# bytes stay in cache (measured on (128, 14, 14, 32) and (128, 28, 28, 32): 2x faster than one
-# matmul over the whole batch, within 10% of the best chunk size for both).
+# bytes stay in cache. 3x3 kernels, 32 -> 64 channels: on (128, 14, 14) 12 ms against 31 in one
+# matmul over the batch, on (128, 28, 28) 46 against about 115; 1 MiB and 16 MiB chunks are
+# 1.5-2x slower, 4 MiB within 15% (faster alone, no faster inside the CNN training step).
 _PATCH_BYTES_PER_CHUNK = 2 ** 21
 
 
