@@ -100,27 +100,33 @@ def test_conv_transpose_matches_lax(x_shape, w_shape, kwargs, bias):
     np.testing.assert_allclose(purebp.conv_transpose(x, w, b, **kwargs), want, rtol=1e-6, atol=1e-5)
 
 
-@pytest.fixture(params=["matmul", "matmul-one-example-per-chunk", "convolution"])
-def cotangent_formulation(request, monkeypatch):
-    """Each formulation of the backward rule on this CPU: the matmuls CPUs get (the kernel cotangent
-    in one chunk and one example at a time) and the convolutions of every other platform, run here
-    in their place."""
-    if request.param == "matmul-one-example-per-chunk":
+def under_each_formulation(cases):
+    """Each case with each formulation of the backward rule that runs on this CPU: the matmuls CPUs
+    get, the same with the kernel cotangent taken one example at a time (where there are several
+    examples), and the convolutions of every other platform, run here in their place."""
+    return [pytest.param(*case.values, formulation, id=f"{case.id}-{formulation}")
+            for case in cases for formulation in ("matmul", "matmul-one-example-per-chunk", "convolution")
+            if formulation != "matmul-one-example-per-chunk" or case.values[0][0] > 1]
+
+
+def use_formulation(formulation, monkeypatch):
+    if formulation == "matmul-one-example-per-chunk":
         monkeypatch.setattr(conv_module, "_PATCH_BYTES_PER_CHUNK", 1)
-    if request.param == "convolution":
+    if formulation == "convolution":
         monkeypatch.setattr(conv_module, "_kernel_cotangent_by_matmul", conv_module._kernel_cotangent_by_convolution)
         monkeypatch.setattr(conv_module, "_input_cotangent_by_matmul", conv_module._input_cotangent_by_convolution)
-    return request.param
 
 
-@pytest.mark.parametrize("x_shape, w_shape, kwargs, bias", CONV_CASES)
-def test_conv_vjp_matches_reference(x_shape, w_shape, kwargs, bias, cotangent_formulation):
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, bias, formulation", under_each_formulation(CONV_CASES))
+def test_conv_vjp_matches_reference(x_shape, w_shape, kwargs, bias, formulation, monkeypatch):
+    use_formulation(formulation, monkeypatch)
     testing.check_vjp(partial(purebp.conv, **kwargs), partial(reference.conv, **kwargs),
                       *operands(x_shape, w_shape, bias))
 
 
-@pytest.mark.parametrize("x_shape, w_shape, kwargs, bias", TRANSPOSE_CASES)
-def test_conv_transpose_vjp_matches_reference(x_shape, w_shape, kwargs, bias, cotangent_formulation):
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, bias, formulation", under_each_formulation(TRANSPOSE_CASES))
+def test_conv_transpose_vjp_matches_reference(x_shape, w_shape, kwargs, bias, formulation, monkeypatch):
+    use_formulation(formulation, monkeypatch)
     testing.check_vjp(partial(purebp.conv_transpose, **kwargs), partial(reference.conv_transpose, **kwargs),
                       *operands(x_shape, w_shape, bias))
 
