@@ -210,8 +210,9 @@ def _conv_bwd(stride, padding, input_dilation, dilation, groups, bias_vma, res, 
     # i l + lo = o s + k d (l = input_dilation), so both cotangents sum over exactly those (o, k, i).
     x, w = res
     geometry = (stride, padding, input_dilation, dilation, groups)
-    # XLA:CPU runs convolutions with a large or dilated "kernel" far below its matmul speed, so CPUs
-    # get both cotangents as matmuls; GPUs and TPUs keep the convolutions their libraries are tuned for.
+    # XLA:CPU runs some convolutions far below its matmul speed (a kernel as large as the image, an
+    # output of few channels), so CPUs get those as matmuls; GPUs and TPUs keep the convolutions
+    # their libraries are tuned for.
     dx = lax.platform_dependent(x, w, g, cpu=partial(_input_cotangent_by_matmul, *geometry),
                                 default=partial(_input_cotangent_by_convolution, *geometry))
     dw = lax.platform_dependent(x, g, cpu=partial(_kernel_cotangent_by_matmul, *geometry, w.shape[:-2]),
