@@ -71,6 +71,9 @@ Written by the benchmark runner, `python -m benchmarks` (the package `benchmarks
 rather than editing this page. A run replaces its own JAX backend's section below (CPU, GPU) and
 keeps the others.
 
+Which formulation each backward rule uses, and for every missed target the profile that explains it
+and what was tried: [performance.md](performance.md).
+
 **Systems**, all float32, one process:
 
 - **purebp**: purebp's ops and layers, whose VJPs are written by hand; the steps are
