@@ -83,11 +83,12 @@ and what was tried: [performance.md](performance.md).
 - **PyTorch** (CPU only): eager `torch.nn` / `torch.nn.functional`, `torch.optim.SGD(lr=0.01,
   momentum=0.9)`, the same weights and data; images in both memory formats, NCHW (the default)
   and channels-last (`torch.channels_last`), and "PyTorch best" is the faster of the two. Its
-  threads are set to the core count, as XLA uses.
+  threads are set to the core count, as XLA uses, with `OMP_WAIT_POLICY=PASSIVE` (unless set
+  otherwise) so that its idle threads do not spin into the next system's timing.
 
 **Method.** Every system of a workload is timed in the same loop, after warm-up calls: each repeat
-calls each system once, in a rotating order. Times are the median and, in brackets, the 10th-90th
-percentiles, in milliseconds. Ratios are of medians, purebp's time over the other's: below 1 means
+calls each system once, cycling through every order of the systems (so each follows each other
+equally often). Times are the median and, in brackets, the 10th-90th percentiles, in milliseconds. Ratios are of medians, purebp's time over the other's: below 1 means
 purebp is faster. For ops, *backward* is the VJP function alone applied to a cotangent, its
 residuals computed beforehand (PyTorch: `autograd.grad` on a retained graph), and *fwd+bwd* is
 `jax.vjp` and the cotangent in one jitted function (PyTorch: the op, then `autograd.grad`), with

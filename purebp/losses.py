@@ -221,7 +221,12 @@ def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels):
 
 def _softmax_cross_entropy_with_integer_labels_bwd(axis, res, g):  # ((p, labels), ct J) -> (ct z, None)
     p, labels = res
-    one_hot = jnp.expand_dims(labels, axis) == lax.broadcasted_iota(labels.dtype, p.shape, axis)
+    # onehot(y) by scattering ones at the labels (the transpose of take_along_axis, as in JAX's own
+    # rule; out-of-range labels are dropped). A compare against an iota gives the same array, but in
+    # a training step XLA:CPU then ran the big matmuls around it on one thread in ~40% of the steps
+    # (MLP 784-1024-1024-10, batch 256: p90 22.3 ms against a median of 17.1; scattered: p90 17.4).
+    one_hot = jnp.put_along_axis(jnp.zeros_like(p), jnp.expand_dims(labels, axis), 1, axis, inplace=False,
+                                 mode="drop")
     dz = jnp.expand_dims(g, axis) * (p - one_hot)  # ∂J/∂z = p − onehot(y)
     return _vma.match(dz, _vma.of(p)), None  # p varies as z
 
