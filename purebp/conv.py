@@ -321,9 +321,12 @@ def _kernel_cotangent_by_matmul(stride, padding, input_dilation, dilation, group
                           starts=starts, step=stride, count=out_spatial)
         per_chunk = lambda x, g: _grouped_contraction(windows(x), g, groups, patches_first=True)
         patch_bytes = len(taps) * math.prod(out_spatial) * x.shape[-1] * x.dtype.itemsize
-    chunk = max(1, _PATCH_BYTES_PER_CHUNK // patch_bytes)
-    dw = _sum_over_example_chunks(per_chunk, (x, g), chunk)
+    dw = _sum_over_example_chunks(per_chunk, (x, g), _examples_per_chunk(patch_bytes))
     return dw.reshape(*kernel, *dw.shape[1:]).astype(x.dtype)
+
+
+def _examples_per_chunk(patch_bytes):
+    return max(1, _PATCH_BYTES_PER_CHUNK // patch_bytes)
 
 
 def _strided_windows(a, pads, interior, starts, step, count):

@@ -102,16 +102,17 @@ def test_conv_transpose_matches_lax(x_shape, w_shape, kwargs, bias):
 
 def under_each_formulation(cases):
     """Each case with each formulation of the backward rule that runs on this CPU: the matmuls CPUs
-    get, the same with the kernel cotangent taken one example at a time (where there are several
-    examples), and the convolutions of every other platform, run here in their place."""
+    get, the same with the kernel cotangent taken two examples at a time (where a batch of five
+    gives two chunks and a remainder), and the convolutions of every other platform, run here in
+    their place."""
     return [pytest.param(*case.values, formulation, id=f"{case.id}-{formulation}")
-            for case in cases for formulation in ("matmul", "matmul-one-example-per-chunk", "convolution")
-            if formulation != "matmul-one-example-per-chunk" or case.values[0][0] > 1]
+            for case in cases for formulation in ("matmul", "matmul-two-examples-per-chunk", "convolution")
+            if formulation != "matmul-two-examples-per-chunk" or case.values[0][0] == 5]
 
 
 def use_formulation(formulation, monkeypatch):
-    if formulation == "matmul-one-example-per-chunk":
-        monkeypatch.setattr(conv_module, "_PATCH_BYTES_PER_CHUNK", 1)
+    if formulation == "matmul-two-examples-per-chunk":
+        monkeypatch.setattr(conv_module, "_examples_per_chunk", lambda patch_bytes: 2)
     if formulation == "convolution":
         monkeypatch.setattr(conv_module, "_kernel_cotangent_by_matmul", conv_module._kernel_cotangent_by_convolution)
         monkeypatch.setattr(conv_module, "_input_cotangent_by_matmul", conv_module._input_cotangent_by_convolution)
