@@ -213,8 +213,11 @@ def _conv_bwd(stride, padding, input_dilation, dilation, groups, bias_vma, res, 
     # XLA:CPU runs some convolutions far below its matmul speed (a kernel as large as the image, an
     # output of few channels), so CPUs get those as matmuls; GPUs and TPUs keep the convolutions
     # their libraries are tuned for.
-    dx = lax.platform_dependent(x, w, g, cpu=partial(_input_cotangent_by_matmul, *geometry),
-                                default=partial(_input_cotangent_by_convolution, *geometry))
+    if _input_matmul_pays(input_dilation, groups, w):
+        dx = lax.platform_dependent(x, w, g, cpu=partial(_input_cotangent_by_matmul, *geometry),
+                                    default=partial(_input_cotangent_by_convolution, *geometry))
+    else:
+        dx = _input_cotangent_by_convolution(*geometry, x, w, g)
     dw = lax.platform_dependent(x, g, cpu=partial(_kernel_cotangent_by_matmul, *geometry, w.shape[:-2]),
                                 default=partial(_kernel_cotangent_by_convolution, *geometry, w.shape[:-2]))
     db = None if bias_vma is None else g.sum(tuple(range(g.ndim - 1)))  # b̄ = Σ_{n,o} ȳ
@@ -242,18 +245,22 @@ def _input_cotangent_by_convolution(stride, padding, input_dilation, dilation, g
 _MATMUL_MAX_INPUT_CHANNELS = 4
 
 
+def _input_matmul_pays(input_dilation, groups, w):
+    """Whether CPUs get x̄ from `_input_cotangent_by_matmul`: a conv (no input dilation, no groups)
+    on at most `_MATMUL_MAX_INPUT_CHANNELS` input channels."""
+    return all(l == 1 for l in input_dilation) and groups == 1 and w.shape[-2] <= _MATMUL_MAX_INPUT_CHANNELS
+
+
 def _input_cotangent_by_matmul(stride, padding, input_dilation, dilation, groups, x, w, g):
     """x̄ as one matmul and a sum of shifted copies: the CPU formulation for conv on few channels.
 
     ``cols[o, k] = ȳ[o] w[k]ᵀ`` for every tap k at once; tap k's columns belong at the input
     positions ``o s + k d − lo``, where one lax.pad spreads them s apart, shifts and crops them;
     x̄ is the sum over taps. Input gradients of images (saliency maps, adversarial examples) are
-    the case this serves. Elsewhere, and for conv_transpose, whose x̄ is a strided convolution
-    XLA:CPU runs well, the convolution stays.
+    the case this serves (`_input_matmul_pays`). Elsewhere, and for conv_transpose, whose x̄ is a
+    strided convolution XLA:CPU runs well, the convolution stays on every platform.
     """
     kernel, (c_in, c_out) = w.shape[:-2], w.shape[-2:]
-    if groups > 1 or any(l > 1 for l in input_dilation) or c_in > _MATMUL_MAX_INPUT_CHANNELS:
-        return _input_cotangent_by_convolution(stride, padding, input_dilation, dilation, groups, x, w, g)
     taps = list(itertools.product(*(range(k) for k in kernel)))
     accumulate = jnp.promote_types(x.dtype, jnp.float32)  # half-precision sums accumulate in float32
     cols = jnp.einsum("...j,tcj->...tc", g, w.reshape(len(taps), c_in, c_out), preferred_element_type=accumulate)
