@@ -9,17 +9,20 @@ from jax.experimental.compilation_cache import compilation_cache
 
 # Hypothesis profiles for the property tests (tests/test_properties_*.py), chosen by the
 # HYPOTHESIS_PROFILE environment variable:
-#   "ci" (the default): a bounded number of examples per test, so the property files stay fast;
-#     not derandomized, so every run explores new cases, and a failure prints its seed and the
-#     `@reproduce_failure(...)` blob to replay it.
-#   "thorough": the same with 500 examples per test, to run by hand before a release or after
+#   "ci" (the default): a bounded number of examples per test, so the property files stay fast, and
+#     derandomized: the examples are a function of the test alone, so a verdict changes only when
+#     the code does, and CI never fails on a case that no change of ours brought in.
+#   "explore": the same budget drawn afresh on every run, to search for new counterexamples while
+#     developing; a failure prints the `@reproduce_failure(...)` blob that replays it.
+#   "thorough": "explore" with 500 examples per test, to run by hand before a release or after
 #     touching a backward rule:
 #       HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_properties_*.py
 # Every distinct shape compiles anew under jit, so no deadline: a first call's compile time is
 # not a slow test. A test that is much costlier per example may scale max_examples down from
 # `settings().max_examples` instead of hard-coding a count.
-settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True, derandomize=False)
-settings.register_profile("thorough", settings.get_profile("ci"), max_examples=500)
+settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True, derandomize=True)
+settings.register_profile("explore", settings.get_profile("ci"), derandomize=False)
+settings.register_profile("thorough", settings.get_profile("explore"), max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
