@@ -65,8 +65,8 @@ def check_vjp(fn, reference, *args, argnums=None, rtol=None, atol=None, seed=0):
     rng = np.random.default_rng(seed)
     cotangent = jax.tree_util.tree_map(
         lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), out_shapes)
-    # The oracle runs once, under jit: its eager values differ from those by rounding alone, and
-    # running it op by op cost more than everything else here together.
+    # The oracle runs once, under jit: its eager values differ from its jitted ones by rounding
+    # alone, and running it op by op cost more than the rest of a check together.
     expected = _value_and_cotangents(reference, args, argnums, cotangent, use_jit=True)
     for use_jit in (False, True):
         mode = "with jit" if use_jit else "without jit"
