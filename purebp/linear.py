@@ -132,6 +132,8 @@ def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "ide
     for l, layer in enumerate(params):
         if not isinstance(layer, dict) or set(layer) != {"w", "b"}:
             raise ValueError(f"`params[{l}]` must be a dict with keys 'w' and 'b', got {layer!r}.")
+        if layer["b"] is None:  # dense may go without a bias; every mlp layer has one
+            raise ValueError(f"`params[{l}]['b']` must be an array of shape {jnp.shape(layer['w'])[1:]}, got None.")
         _check_dense_args(shape, layer["w"], layer["b"], name, f"params[{l}]['w']", f"params[{l}]['b']")
         shape, name = shape[:-1] + jnp.shape(layer["w"])[1:], f"layer {l}'s output"
     bias_specs = tuple(_bias_spec(layer["b"]) for layer in params)

@@ -160,6 +160,8 @@ def test_mlp_bad_arguments(rng):
         purebp.mlp(params, x, activation="softplus")
     with pytest.raises(ValueError, match=r"`params\[1\]` must be a dict with keys 'w' and 'b'"):
         purebp.mlp([params[0], {"w": params[1]["w"]}], x)
+    with pytest.raises(ValueError, match=r"`params\[1\]\['b'\]` must be an array of shape \(3,\), got None"):
+        purebp.mlp([params[0], {"w": params[1]["w"], "b": None}], x)
     with pytest.raises(ValueError, match=r"`layer 0's output` must have shape \[\.\.\., in\] with in = 4 "
                                          r"\(`params\[1\]\['w'\]`'s first dim\)"):
         purebp.mlp([params[0], params[0]], x)
