@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from purebp import _static, _vma
+from purebp import _static, _types
 
 
 def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
@@ -87,7 +87,7 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
     in_spatial, window = jnp.shape(x)[1:-1], _static.dilate_shape(jnp.shape(w)[:n], dilation)
     pairs = _static.padding_pairs(padding, in_spatial, window, stride)
     _static.check_window_fits(in_spatial, pairs, window, "w")
-    return _conv(stride, pairs, (1,) * n, dilation, groups, _bias_vma(b), x, w, b)
+    return _conv(stride, pairs, (1,) * n, dilation, groups, _types.of(b), x, w, b)
 
 
 def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
@@ -144,7 +144,7 @@ def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
         pairs = padding
     spread = _static.dilate_shape(jnp.shape(x)[1:-1], stride)
     _static.check_window_fits(spread, pairs, window, "w")
-    return _conv((1,) * n, pairs, stride, dilation, 1, _bias_vma(b), x, w, b)
+    return _conv((1,) * n, pairs, stride, dilation, 1, _types.of(b), x, w, b)
 
 
 def _check_operands(x, w, b, kernel_layout):
@@ -187,41 +187,46 @@ def _layout(num_spatial):
 
 # The core: y = conv_general_dilated(x, w) with window stride `stride`, explicit pairs `padding`,
 # input (lhs) dilation `input_dilation` and kernel (rhs) dilation `dilation`. conv has
-# input_dilation = 1; conv_transpose has stride = 1 and input_dilation = its stride. `bias_vma` is
-# the bias's vma (static, so the bias is no residual), None for no bias.
+# input_dilation = 1; conv_transpose has stride = 1 and input_dilation = its stride. `bias` is the
+# bias's type (static, so the bias is no residual), None for no bias.
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
-def _conv(stride, padding, input_dilation, dilation, groups, bias_vma, x, w, b):
-    return _conv_fwd(stride, padding, input_dilation, dilation, groups, bias_vma, x, w, b)[0]
+def _conv(stride, padding, input_dilation, dilation, groups, bias, x, w, b):
+    return _conv_fwd(stride, padding, input_dilation, dilation, groups, bias, x, w, b)[0]
 
 
-def _bias_vma(b):
-    return None if b is None else _vma.of(b)
-
-
-def _conv_fwd(stride, padding, input_dilation, dilation, groups, bias_vma, x, w, b):
+def _conv_fwd(stride, padding, input_dilation, dilation, groups, bias, x, w, b):
     y = lax.conv_general_dilated(
         x, w, window_strides=stride, padding=padding, lhs_dilation=input_dilation,
-        rhs_dilation=dilation, dimension_numbers=_layout(x.ndim - 2), feature_group_count=groups)
-    return (y if bias_vma is None else y + b), (x, w)
+        rhs_dilation=dilation, dimension_numbers=_layout(x.ndim - 2), feature_group_count=groups,
+        out_sharding=_types.features_out(x, w, batch_dims=1))  # a split kernel works under Explicit axes
+    return (y if bias is None else y + b), (x, w)
 
 
-def _conv_bwd(stride, padding, input_dilation, dilation, groups, bias_vma, res, g):
+def _conv_bwd(stride, padding, input_dilation, dilation, groups, bias, res, g):
     # ((x, w), ct y) -> (ct x, ct w, ct b). Per spatial dim, y[o] reads x̂[o s + k d] = x[i] where
     # i l + lo = o s + k d (l = input_dilation), so both cotangents sum over exactly those (o, k, i).
     x, w = res
     geometry = (stride, padding, input_dilation, dilation, groups)
-    # XLA:CPU runs some convolutions far below its matmul speed (a kernel as large as the image, an
-    # output of few channels), so CPUs get those as matmuls; GPUs and TPUs keep the convolutions
-    # their libraries are tuned for.
-    if _input_matmul_pays(input_dilation, groups, w):
-        dx = lax.platform_dependent(x, w, g, cpu=partial(_input_cotangent_by_matmul, *geometry),
-                                    default=partial(_input_cotangent_by_convolution, *geometry))
-    else:
-        dx = _input_cotangent_by_convolution(*geometry, x, w, g)
-    dw = lax.platform_dependent(x, g, cpu=partial(_kernel_cotangent_by_matmul, *geometry, w.shape[:-2]),
-                                default=partial(_kernel_cotangent_by_convolution, *geometry, w.shape[:-2]))
-    db = None if bias_vma is None else g.sum(tuple(range(g.ndim - 1)))  # b̄ = Σ_{n,o} ȳ
-    return _vma.match(dx, _vma.of(x)), _vma.match(dw, _vma.of(w)), _vma.match(db, bias_vma)
+    cpu_input = _input_cotangent_by_matmul if _input_matmul_pays(input_dilation, groups, w) else None
+    dx = _per_platform(cpu_input, _input_cotangent_by_convolution, geometry, _types.of(x), x, w, g)  # ȳ ⋆ flip(w)ᵀ
+    dw = _per_platform(_kernel_cotangent_by_matmul, _kernel_cotangent_by_convolution, geometry, _types.of(w),
+                       x, w, g)  # w̄[k] = Σ_{n,o} x̂[n, o s + k d]ᵀ ȳ[n, o]
+    db = None if bias is None else g.sum(tuple(range(g.ndim - 1)))  # b̄ = Σ_{n,o} ȳ
+    return dx, dw, _types.like(db, bias)
+
+
+def _per_platform(cpu, default, geometry, primal, x, w, g):
+    """``default(*geometry, x, w, g)``, or ``cpu``'s on CPUs (None: default everywhere), typed as ``primal``.
+
+    XLA:CPU runs some convolutions far below its matmul speed (a kernel as large as the image, an
+    output of few channels), so CPUs get those as matmuls; GPUs and TPUs keep the convolutions
+    their libraries are tuned for. ``lax.platform_dependent`` chooses when the program is lowered;
+    its branches must return one type, so each is cast to the primal's.
+    """
+    typed = lambda fn: lambda *arrays: _types.like(fn(*geometry, *arrays), primal)
+    if cpu is None:
+        return typed(default)(x, w, g)
+    return lax.platform_dependent(x, w, g, cpu=typed(cpu), default=typed(default))
 
 
 def _input_cotangent_by_convolution(stride, padding, input_dilation, dilation, groups, x, w, g):
@@ -234,7 +239,7 @@ def _input_cotangent_by_convolution(stride, padding, input_dilation, dilation, g
         g, _flip_and_swap(w, groups), window_strides=input_dilation,
         padding=[(k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip(window, padding, remainder)],
         lhs_dilation=stride, rhs_dilation=dilation, dimension_numbers=(data, kernel, data),
-        feature_group_count=groups)
+        feature_group_count=groups, out_sharding=_types.sharding(x))
 
 
 # The most input channels for which `_input_cotangent_by_matmul` beats XLA:CPU's transposed
@@ -263,7 +268,9 @@ def _input_cotangent_by_matmul(stride, padding, input_dilation, dilation, groups
     kernel, (c_in, c_out) = w.shape[:-2], w.shape[-2:]
     taps = list(itertools.product(*(range(k) for k in kernel)))
     accumulate = jnp.promote_types(x.dtype, jnp.float32)  # half-precision sums accumulate in float32
-    cols = jnp.einsum("...j,tcj->...tc", g, w.reshape(len(taps), c_in, c_out), preferred_element_type=accumulate)
+    w = jnp.reshape(w, (len(taps), c_in, c_out), out_sharding=_types.named(w))
+    cols = jnp.einsum("...j,tcj->...tc", g, w, preferred_element_type=accumulate,
+                      out_sharding=_types.named(g, *_types.spec(g)[:1]))
     zero = jnp.zeros((), accumulate)
 
     def placed(t, tap):  # tap's columns at o s + k d − lo, zeros elsewhere: an input-shaped array
@@ -271,7 +278,7 @@ def _input_cotangent_by_matmul(stride, padding, input_dilation, dilation, groups
                 in zip(tap, dilation, padding, x.shape[1:-1], g.shape[1:-1], stride)]
         return lax.pad(cols[..., t, :], zero, [(0, 0, 0), *pads, (0, 0, 0)])
 
-    return sum(placed(t, tap) for t, tap in enumerate(taps)).astype(x.dtype)
+    return sum(placed(t, tap) for t, tap in enumerate(taps))
 
 
 def _unread_padding(stride, padding, input_dilation, window, x, g):
@@ -282,16 +289,17 @@ def _unread_padding(stride, padding, input_dilation, window, x, g):
             for e, (lo, hi), k, o, s in zip(spread, padding, window, g.shape[1:-1], stride)]
 
 
-def _kernel_cotangent_by_convolution(stride, padding, input_dilation, dilation, groups, kernel, x, g):
+def _kernel_cotangent_by_convolution(stride, padding, input_dilation, dilation, groups, x, w, g):
     """w̄ as one convolution: ȳ is the kernel (dilated by s), the batch N the contracted dim, window
     stride d; x's channels are the batch, split into groups."""
     spatial = _layout(x.ndim - 2)[0][1:-1]
-    remainder = _unread_padding(stride, padding, input_dilation, _static.dilate_shape(kernel, dilation), x, g)
+    window = _static.dilate_shape(w.shape[:-2], dilation)
+    remainder = _unread_padding(stride, padding, input_dilation, window, x, g)
     return lax.conv_general_dilated(
         x, g, window_strides=dilation, padding=[(lo, hi - r) for (lo, hi), r in zip(padding, remainder)],
         lhs_dilation=input_dilation, rhs_dilation=stride,
         dimension_numbers=("C" + spatial + "N", "I" + spatial + "O", spatial + "NC"),
-        batch_group_count=groups)
+        batch_group_count=groups, out_sharding=_types.sharding(w))
 
 
 # Examples per matmul in `_kernel_cotangent_by_matmul`: chunks whose patches take about this many
@@ -301,7 +309,7 @@ def _kernel_cotangent_by_convolution(stride, padding, input_dilation, dilation, 
 _PATCH_BYTES_PER_CHUNK = 2 ** 21
 
 
-def _kernel_cotangent_by_matmul(stride, padding, input_dilation, dilation, groups, kernel, x, g):
+def _kernel_cotangent_by_matmul(stride, padding, input_dilation, dilation, groups, x, w, g):
     """w̄ as Σ over chunks of examples of patchesᵀ · ȳ: the CPU formulation.
 
     Per spatial dim, x[i] meets ȳ[o] through kernel tap k where i l + lo = o s + k d. With l = 1
@@ -309,6 +317,7 @@ def _kernel_cotangent_by_matmul(stride, padding, input_dilation, dilation, group
     (conv_transpose) they are the windows of ȳ: ȳ[i l + lo − k d] for every i, which skips the
     zeros that spreading x would add; with s = l = 1 the smaller of the two is gathered.
     """
+    kernel = w.shape[:-2]
     taps = list(itertools.product(*(range(k) for k in kernel)))
     in_spatial, out_spatial = x.shape[1:-1], g.shape[1:-1]
     gather_cotangent = all(s == 1 for s in stride) and (
@@ -329,7 +338,7 @@ def _kernel_cotangent_by_matmul(stride, padding, input_dilation, dilation, group
         per_chunk = lambda x, g: _grouped_contraction(windows(x), g, groups, patches_first=True)
         patch_bytes = len(taps) * math.prod(out_spatial) * x.shape[-1] * x.dtype.itemsize
     dw = _sum_over_example_chunks(per_chunk, (x, g), _examples_per_chunk(patch_bytes))
-    return dw.reshape(*kernel, *dw.shape[1:]).astype(x.dtype)
+    return dw.reshape(*kernel, *dw.shape[1:])
 
 
 def _examples_per_chunk(patch_bytes):
@@ -353,12 +362,13 @@ def _strided_windows(a, pads, interior, starts, step, count):
 def _grouped_contraction(a, b, groups, patches_first):
     """``(taps, C_in // G, C_out)``: Σ over the example and spatial dims of ``a``'s and ``b``'s
     channels, group by group; the patches (the one with the taps dim) are ``a`` or ``b``."""
-    a = a.reshape(*a.shape[:-1], groups, a.shape[-1] // groups)
-    b = b.reshape(*b.shape[:-1], groups, b.shape[-1] // groups)
+    a, b = (jnp.reshape(c, (*c.shape[:-1], groups, c.shape[-1] // groups),
+                        out_sharding=_types.named(c, *_types.spec(c)[:1])) for c in (a, b))
     summed = tuple(range((b if patches_first else a).ndim - 2))  # N and the spatial dims
     accumulate = jnp.promote_types(a.dtype, jnp.float32)  # half-precision sums accumulate in float32
+    # Summed over the examples, so whole on every device; the rule reshards it as w.
     out = lax.dot_general(a, b, ((summed, summed), ((a.ndim - 2,), (b.ndim - 2,))),
-                          preferred_element_type=accumulate)
+                          preferred_element_type=accumulate, out_sharding=_types.named(a))
     # patches first: (G, taps, C_in/G, C_out/G); else (G, C_in/G, taps, C_out/G)
     out = out.transpose((1, 2, 0, 3) if patches_first else (2, 1, 0, 3))
     return out.reshape(*out.shape[:2], -1)
@@ -368,7 +378,11 @@ def _sum_over_example_chunks(fn, arrays, chunk):
     """``fn(*arrays)`` for ``fn`` a sum over the leading (example) dim, ``chunk`` examples at a time."""
     n = arrays[0].shape[0]
     full = n - n % chunk
-    if full <= chunk:  # one chunk (and perhaps a remainder): no loop
+    # One chunk (and perhaps a remainder) needs no loop. Nor does a program partitioned over several
+    # devices: each holds a part of the batch already, and chunks that cut across the parts make XLA
+    # gather them (a CNN step on 8 devices, Auto axes: 4 all-gathers and 6 collective-permutes of
+    # patches); under Explicit axes a split batch dim cannot be cut into chunks at all.
+    if full <= chunk or jax.sharding.get_abstract_mesh().size > 1 or _types.spec(arrays[0])[0] is not None:
         return fn(*arrays)
     stacked = tuple(a[:full].reshape(full // chunk, chunk, *a.shape[1:]) for a in arrays)
     total = lax.map(lambda chunk_arrays: fn(*chunk_arrays), stacked).sum(0)
@@ -383,8 +397,9 @@ def _flip_and_swap(w, groups):
     """
     *kernel, c_in_group, c_out = w.shape
     n = len(kernel)
-    w = lax.rev(w, tuple(range(n))).reshape(*kernel, c_in_group, groups, c_out // groups)
-    return jnp.swapaxes(w, n, n + 2).reshape(*kernel, c_out // groups, groups * c_in_group)
+    whole = _types.named(w)  # the kernel's few bytes are gathered on every device, as the forward does
+    w = jnp.reshape(lax.rev(w, tuple(range(n))), (*kernel, c_in_group, groups, c_out // groups), out_sharding=whole)
+    return jnp.reshape(jnp.swapaxes(w, n, n + 2), (*kernel, c_out // groups, groups * c_in_group), out_sharding=whole)
 
 
 # The backward rule is jitted so that an eager VJP compiles it once per shape, as one program, not

@@ -11,7 +11,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from purebp import _static, _vma
+from purebp import _static, _types
 from purebp.activations import ELEMENTWISE
 
 
@@ -40,7 +40,7 @@ def dense(x, w, b=None):
     """
     _static.check_floating(x, "x")
     _check_dense_args(jnp.shape(x), w, b, "x", "w", "b")
-    return _dense(_bias_spec(b), x, w, b)
+    return _dense(_types.of(b), x, w, b)
 
 
 def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
@@ -58,35 +58,40 @@ def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
                 f"`{b_name}` must have shape {jnp.shape(w)[1:]} (out of `{w_name}`), got {jnp.shape(b)}.")
 
 
-# The bias's dtype and vma travel as a static argument (None: no bias), so the rule can return
-# its cotangent in that type without keeping the bias itself as a residual.
+# The bias's type travels as a static argument (None: no bias), so the rule can return its
+# cotangent in that type without keeping the bias itself as a residual.
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _dense(bias, x, w, b):
     return _dense_fwd(bias, x, w, b)[0]
 
 
 def _dense_fwd(bias, x, w, b):
-    y = x @ w
+    y = _affine_part(x, w)
     return (y if bias is None else y + b), (x, w)
 
 
 def _dense_bwd(bias, res, g):  # ((x, w), ct y) -> (ct x, ct w, ct b)
     x, w = res
-    dx = g @ w.T  # x̄ = ȳ Wᵀ
-    dw, db = _weight_and_bias_cotangents(x, g)  # W̄ = xᵀ ȳ, b̄ = Σ ȳ
-    db = None if bias is None else _vma.match(db.astype(bias[0]), bias[1])
-    return _vma.match(dx.astype(x.dtype), _vma.of(x)), _vma.match(dw.astype(w.dtype), _vma.of(w)), db
+    dx = _input_cotangent(g, w, x)  # x̄ = ȳ Wᵀ
+    dw, db = _weight_and_bias_cotangents(x, g, w)  # W̄ = xᵀ ȳ, b̄ = Σ ȳ
+    return _types.like(dx, _types.of(x)), _types.like(dw, _types.of(w)), _types.like(db, bias)
 
 
-def _bias_spec(b):
-    """What a rule needs of a bias it does not keep: ``(dtype, vma)``, or None for no bias."""
-    return None if b is None else (jnp.dtype(jnp.result_type(b)), _vma.of(b))
+def _affine_part(a, w):
+    """a W, typed so that a weight split over devices (FSDP, tensor parallel) works under Explicit axes."""
+    return jnp.matmul(a, w, out_sharding=_types.features_out(a, w, batch_dims=a.ndim - 1))
 
 
-def _weight_and_bias_cotangents(a_prev, delta):
-    """∇W = a_prevᵀ δ and ∇b = Σ δ, both summed over every batch dim."""
+def _input_cotangent(delta, w, a_prev):
+    """(Wᵀ δ) in the batched layout: δ Wᵀ, typed (sharded) as ``a_prev``."""
+    return jnp.matmul(delta, w.T, out_sharding=_types.sharding(a_prev))
+
+
+def _weight_and_bias_cotangents(a_prev, delta, w):
+    """∇W = a_prevᵀ δ, typed (sharded) as ``w``, and ∇b = Σ δ, both summed over every batch dim."""
     batch_axes = tuple(range(delta.ndim - 1))
-    return jnp.tensordot(a_prev, delta, (batch_axes, batch_axes)), delta.sum(batch_axes)
+    dw = jnp.tensordot(a_prev, delta, (batch_axes, batch_axes), out_sharding=_types.sharding(w))
+    return dw, delta.sum(batch_axes)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
@@ -136,42 +141,41 @@ def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "ide
             raise ValueError(f"`params[{l}]['b']` must be an array of shape {jnp.shape(layer['w'])[1:]}, got None.")
         _check_dense_args(shape, layer["w"], layer["b"], name, f"params[{l}]['w']", f"params[{l}]['b']")
         shape, name = shape[:-1] + jnp.shape(layer["w"])[1:], f"layer {l}'s output"
-    bias_specs = tuple(_bias_spec(layer["b"]) for layer in params)
-    return _mlp(activation, output_activation, bias_specs, list(params), x)
+    bias_types = tuple(_types.of(layer["b"]) for layer in params)
+    return _mlp(activation, output_activation, bias_types, list(params), x)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _mlp(activation, output_activation, bias_specs, params, x):
-    return _mlp_fwd(activation, output_activation, bias_specs, params, x)[0]
+def _mlp(activation, output_activation, bias_types, params, x):
+    return _mlp_fwd(activation, output_activation, bias_types, params, x)[0]
 
 
-def _mlp_fwd(activation, output_activation, bias_specs, params, x):
+def _mlp_fwd(activation, output_activation, bias_types, params, x):
     inputs = []  # a⁰ … aᴸ⁻¹, each layer's input: the rule needs activations, never a pre-activation z
     a = x
     for l, layer in enumerate(params):
         inputs.append(a)
         forward, _ = ELEMENTWISE[output_activation if l == len(params) - 1 else activation]
-        a = forward(a @ layer["w"] + layer["b"])  # aˡ = σ(zˡ), zˡ = aˡ⁻¹ Wˡ + bˡ
+        a = forward(_affine_part(a, layer["w"]) + layer["b"])  # aˡ = σ(zˡ), zˡ = aˡ⁻¹ Wˡ + bˡ
     output_derivative = ELEMENTWISE[output_activation][1]
     output = None if output_derivative is None else a  # an identity output needs no aᴸ: σ' = 1
     weights = [layer["w"] for layer in params]  # biases are not needed: ∇b = Σ δ
     return a, (weights, inputs, output)
 
 
-def _mlp_bwd(activation, output_activation, bias_specs, res, g):  # ((W, a⁰…aᴸ⁻¹, aᴸ), ct aᴸ) -> (ct params, ct x)
+def _mlp_bwd(activation, output_activation, bias_types, res, g):  # ((W, a⁰…aᴸ⁻¹, aᴸ), ct aᴸ) -> (ct params, ct x)
     weights, inputs, output = res
     output_derivative, hidden_derivative = ELEMENTWISE[output_activation][1], ELEMENTWISE[activation][1]
     delta = g if output_derivative is None else g * output_derivative(output)  # δᴸ = ∇ₐC ⊙ σ'(zᴸ)
     grads = [None] * len(weights)
     for l in reversed(range(len(weights))):
         a_prev, w = inputs[l], weights[l]
-        dw, db = _weight_and_bias_cotangents(a_prev, delta)  # ∇Wˡ = aˡ⁻¹ᵀ δˡ, ∇bˡ = Σ δˡ
-        bias_dtype, bias_vma = bias_specs[l]
-        grads[l] = {"w": _vma.match(dw.astype(w.dtype), _vma.of(w)), "b": _vma.match(db.astype(bias_dtype), bias_vma)}
-        delta = delta @ w.T  # (Wˡ)ᵀ δˡ: the cotangent of aˡ⁻¹
+        dw, db = _weight_and_bias_cotangents(a_prev, delta, w)  # ∇Wˡ = aˡ⁻¹ᵀ δˡ, ∇bˡ = Σ δˡ
+        grads[l] = {"w": _types.like(dw, _types.of(w)), "b": _types.like(db, bias_types[l])}
+        delta = _input_cotangent(delta, w, a_prev)  # (Wˡ)ᵀ δˡ: the cotangent of aˡ⁻¹
         if l > 0 and hidden_derivative is not None:
             delta = delta * hidden_derivative(a_prev)  # δˡ⁻¹ = ((Wˡ)ᵀ δˡ) ⊙ σ'(zˡ⁻¹)
-    return grads, _vma.match(delta.astype(inputs[0].dtype), _vma.of(inputs[0]))
+    return grads, _types.like(delta, _types.of(inputs[0]))
 
 
 _mlp.defvjp(_mlp_fwd, _mlp_bwd)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from purebp import _static, _vma
+from purebp import _static, _types
 from purebp.activations import max_shifted, stable_log_softmax
 
 
@@ -59,7 +59,7 @@ def _binary_cross_entropy_bwd(res, g):  # ((p, y), ct J) -> (ct p, ct y)
     # ∂J/∂p = (1 − y)/(1 − p) − y/p = (p − y) / (p(1 − p)), each term 0 where its weight is 0.
     dp = _weighted(1 - y, 1 / (1 - p)) - _weighted(y, 1 / p)
     dy = jnp.log1p(-p) - jnp.log(p)  # ∂J/∂y = ln(1 − p) − ln p
-    return _vma.match(g * dp, _vma.of(p)), _vma.match(g * dy, _vma.of(y))  # replicated labels: summed
+    return _types.like(g * dp, _types.of(p)), _types.like(g * dy, _types.of(y))  # replicated labels: summed
 
 
 _binary_cross_entropy.defvjp(_binary_cross_entropy_fwd, _binary_cross_entropy_bwd)
@@ -115,7 +115,7 @@ def _sigmoid_binary_cross_entropy_bwd(res, g):  # ((z, y), ct J) -> (ct z, ct y)
     # σ(z) − y, written as (1 − y)σ(z) − yσ(−z): no 1 − σ(z) cancellation when σ(z) rounds to 1.
     dz = (1 - y) * lax.logistic(z) - y * lax.logistic(-z)
     dy = -g * z  # ∂J/∂y = softplus(−z) − softplus(z) = −z
-    return _vma.match(g * dz, _vma.of(z)), _vma.match(dy, _vma.of(y))
+    return _types.like(g * dz, _types.of(z)), _types.like(dy, _types.of(y))
 
 
 _sigmoid_binary_cross_entropy.defvjp(_sigmoid_binary_cross_entropy_fwd, _sigmoid_binary_cross_entropy_bwd)
@@ -163,7 +163,7 @@ def _softmax_cross_entropy_bwd(axis, res, g):  # ((log p, y), ct J) -> (ct z, ct
     log_p, y = res
     g = jnp.expand_dims(g, axis)
     dz = jnp.exp(log_p) * y.sum(axis, keepdims=True) - y  # p Σy − y, = p − y for normalised labels
-    return _vma.match(g * dz, _vma.of(log_p)), _vma.match(-g * log_p, _vma.of(y))  # log p varies as z
+    return _types.like(g * dz, _types.of(log_p)), _types.like(-g * log_p, _types.of(y))  # log p is typed as z
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
@@ -221,18 +221,31 @@ def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels):
 
 def _softmax_cross_entropy_with_integer_labels_bwd(axis, res, g):  # ((p, labels), ct J) -> (ct z, None)
     p, labels = res
-    # onehot(y) by scattering ones at the labels (the transpose of take_along_axis, as in JAX's own
-    # rule; out-of-range labels are dropped). A compare against an iota gives the same array, but in
-    # a training step XLA:CPU then ran the big matmuls around it on one thread in ~40% of the steps
-    # (MLP 784-1024-1024-10, batch 256: p90 22.3 ms against a median of 17.1; scattered: p90 17.4).
-    one_hot = jnp.put_along_axis(jnp.zeros_like(p), jnp.expand_dims(labels, axis), 1, axis, inplace=False,
-                                 mode="drop")
-    dz = jnp.expand_dims(g, axis) * (p - one_hot)  # ∂J/∂z = p − onehot(y)
-    return _vma.match(dz, _vma.of(p)), None  # p varies as z
+    dz = jnp.expand_dims(g, axis) * (p - _one_hot(labels, p, axis))  # ∂J/∂z = p − onehot(y)
+    return _types.like(dz, _types.of(p)), None  # p is typed as z
 
 
 _softmax_cross_entropy_with_integer_labels.defvjp(
     _softmax_cross_entropy_with_integer_labels_fwd, _softmax_cross_entropy_with_integer_labels_bwd)
+
+
+def _one_hot(labels, like, axis):
+    """onehot(labels) along ``axis``, in ``like``'s shape, dtype and sharding; out-of-range labels drop.
+
+    Ones scattered at the labels: the transpose of the forward's ``take_along_axis`` gather, with
+    every other dim a batching dim, as that gather has, so each example's row is its own (and
+    sharded batches stay sharded). A compare against an iota gives the same array, but in a
+    training step XLA:CPU then ran the big matmuls around it on one thread in ~40% of the steps
+    (MLP 784-1024-1024-10, batch 256: p90 22.3 ms against a median of 17.1; scattered: p90 17.4).
+    ``jnp.put_along_axis`` builds the same scatter from an unsharded iota, which Explicit mesh
+    axes refuse.
+    """
+    batch = tuple(d for d in range(like.ndim) if d != axis)
+    numbers = lax.ScatterDimensionNumbers(
+        update_window_dims=(), inserted_window_dims=(axis,), scatter_dims_to_operand_dims=(axis,),
+        operand_batching_dims=batch, scatter_indices_batching_dims=tuple(range(labels.ndim)))
+    return lax.scatter(jnp.zeros_like(like), labels[..., None], jnp.ones_like(labels, like.dtype), numbers,
+                       mode=lax.GatherScatterMode.FILL_OR_DROP)
 
 
 def squared_error(predictions, targets=None):
@@ -275,23 +288,23 @@ def _squared_error_family(slope, predictions, targets):
         targets = jnp.zeros_like(predictions)  # its cotangent is dead code that jit removes
     _static.check_same_shape(predictions, "predictions", targets, "targets")
     targets = jnp.asarray(targets).astype(jnp.result_type(predictions))
-    return _scaled_squared_error(slope, (_vma.of(predictions), _vma.of(targets)), predictions, targets)
+    return _scaled_squared_error(slope, (_types.of(predictions), _types.of(targets)), predictions, targets)
 
 
-# `vmas`: p's and t's vma, static, as the only residual p − t varies as both together.
+# `types`: p's and t's types, static, as the only residual p − t is typed as both together.
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _scaled_squared_error(slope, vmas, p, t):
-    return _scaled_squared_error_fwd(slope, vmas, p, t)[0]
+def _scaled_squared_error(slope, types, p, t):
+    return _scaled_squared_error_fwd(slope, types, p, t)[0]
 
 
-def _scaled_squared_error_fwd(slope, vmas, p, t):
+def _scaled_squared_error_fwd(slope, types, p, t):
     error = p - t
     return (slope / 2) * jnp.square(error), error  # slope 2: (p − t)²; slope 1: ½(p − t)²
 
 
-def _scaled_squared_error_bwd(slope, vmas, error, g):  # (p − t, ct J) -> (ct p, ct t)
+def _scaled_squared_error_bwd(slope, types, error, g):  # (p − t, ct J) -> (ct p, ct t)
     dp = g * (slope * error)  # ∂J/∂p = slope · (p − t)
-    return _vma.match(dp, vmas[0]), _vma.match(-dp, vmas[1])
+    return _types.like(dp, types[0]), _types.like(-dp, types[1])
 
 
 _scaled_squared_error.defvjp(_scaled_squared_error_fwd, _scaled_squared_error_bwd)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from purebp import _static
+from purebp import _static, _types
 
 
 class _Geometry(NamedTuple):
@@ -259,10 +259,14 @@ def _unpool(g, geometry: _Geometry, argmax=None):
             term = jnp.where(lax.slice(argmax, start, limit)[..., None] == offsets.astype(argmax.dtype),
                              shifted, zero)  # ȳ[c − q] · [argmax[c − q] = q s + r]
         total = term if total is None else total + term
-    # (N, *cells, C, prod(stride)) -> (N, cell_1, r_1, ..., cell_n, r_n, C) -> (N, *(cells * stride), C)
-    total = total.reshape(total.shape[:-1] + geometry.stride)
+    # (N, *cells, C, prod(stride)) -> (N, cell_1, r_1, ..., cell_n, r_n, C) -> (N, *(cells * stride), C),
+    # the batch and channel dims split over devices as ȳ's (Explicit axes ask a reshape for it)
+    batch, channel = _types.spec(g)[0], _types.spec(g)[-1]
+    total = jnp.reshape(total, total.shape[:-1] + geometry.stride,
+                        out_sharding=_types.named(g, batch, *(None,) * n, channel))
     total = total.transpose(0, *itertools.chain(*((1 + i, n + 2 + i) for i in range(n))), n + 1)
-    total = total.reshape(total.shape[0], *(c * s for c, s in zip(cells, geometry.stride)), total.shape[-1])
+    total = jnp.reshape(total, (total.shape[0], *(c * s for c, s in zip(cells, geometry.stride)), total.shape[-1]),
+                        out_sharding=_types.named(g, *_types.spec(g)))
     crop = ((0, 0, 0), *((-lo, size + lo - c * s, 0) for size, (lo, _), c, s
                          in zip(geometry.in_spatial, geometry.pads, cells, geometry.stride)), (0, 0, 0))
     return lax.pad(total, zero, crop)

@@ -5,13 +5,16 @@ The default optimizer is ``optax.sgd(learning_rate, momentum=0.9)``; any
 from whatever ``loss_fn`` calls (with purebp's layers, hand-written VJPs all the way down).
 
 Data parallelism is JAX's own: pass a ``jax.sharding.Mesh`` (``data_parallel_mesh()`` builds one
-over every device of every process) and the step is jitted with ``NamedSharding``s that split each
-batch along its leading dim over the mesh and replicate params and optimizer state; XLA inserts
-the all-reduce of the gradients. Under ``jax.distributed.initialize`` the same code runs on
-several hosts, one process per host.
+over every device of every process, ``jax.make_mesh`` one of your own) and the step is jitted with
+``NamedSharding``s that split each batch along its leading dim over the mesh; params and optimizer
+state keep the sharding they were placed with (``replicate`` for data parallelism,
+``shard_params`` for FSDP, any ``jax.device_put`` of yours for tensor parallelism), and XLA inserts
+the collectives. Auto and Explicit mesh axes both work, as they are. Under
+``jax.distributed.initialize`` the same code runs on several hosts, one process per host.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -29,17 +32,21 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     """Returns ``step(params, opt_state, *batch) -> (params, opt_state, loss)``, pure and jitted.
 
     With a ``mesh`` the step is data-parallel: it is jitted with ``in_shardings`` that split every
-    batch array along its leading dim over ``batch_axis`` and replicate ``params`` and
-    ``opt_state`` (``out_shardings`` replicate all three results). ``loss_fn`` still sees the whole
-    batch, and XLA reduces its mean and the gradients across devices with its own collectives.
-    One function rather than a separate data-parallel one, because the mesh changes where arrays
-    live, not the step's arithmetic or signature: going from one device to many is one argument.
+    batch array along its leading dim over ``batch_axis``. ``params`` and ``opt_state`` come back
+    sharded as they went in: each leaf placed on ``mesh`` with a ``NamedSharding`` keeps it (FSDP,
+    tensor parallelism), any other leaf (numpy, one device) is replicated. ``loss_fn`` still sees
+    the whole batch, and XLA reduces its mean and the gradients across devices with its own
+    collectives. One function rather than a separate data-parallel one, because the mesh changes
+    where arrays live, not the step's arithmetic or signature: going from one device to many is
+    one argument.
 
     Args:
       loss_fn: ``loss_fn(params, *batch)`` returning a scalar.
       optimizer: an optax gradient transformation, e.g. ``optax.sgd(0.1, momentum=0.9)``.
-      mesh: optional ``jax.sharding.Mesh``, e.g. ``data_parallel_mesh()``; None for one device.
-        Its axes are used as ``Auto`` (XLA places the collectives), whatever their type.
+      mesh: optional ``jax.sharding.Mesh``, e.g. ``data_parallel_mesh()`` or ``jax.make_mesh``'s;
+        None for one device. Auto axes let XLA place the collectives; Explicit axes (``jax.make_mesh``'s
+        default) carry every array's sharding in its type, and the step is traced under
+        ``jax.set_mesh(mesh)``.
       batch_axis: the mesh axis (or axes) that splits the batch; None means every axis of ``mesh``.
 
     Raises:
@@ -56,36 +63,73 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     if mesh is None:
         return jax.jit(step)
     sharded, shards = _batch_sharding(mesh, batch_axis)
-    replicated = NamedSharding(sharded.mesh, PartitionSpec())
-    # `batch` travels as one tuple so that one sharding covers however many arrays it holds.
-    sharded_step = jax.jit(lambda params, opt_state, batch: step(params, opt_state, *batch),
-                           in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = {}  # one jitted step per placement of params and opt_state
+
+    def placed(params, opt_state, batch):
+        """The arguments on ``mesh`` and the step jitted for their placement. Every leaf is put where
+        the step expects it first: under Explicit axes a jitted function types its arguments by where
+        they are, not by its ``in_shardings``, and a batch typed whole would be gathered on every device."""
+        for leaf in jax.tree_util.tree_leaves(batch):
+            _check_divisible(np.shape(leaf)[0] if np.ndim(leaf) else 0, shards, "batch", sharded)
+        state = jax.tree_util.tree_map(lambda leaf: _placement(leaf, mesh, replicated), (params, opt_state))
+        key = (jax.tree_util.tree_structure(state), tuple(jax.tree_util.tree_leaves(state)))
+        if key not in jitted:
+            # `batch` travels as one tuple so that one sharding covers however many arrays it holds.
+            jitted[key] = jax.jit(lambda params, opt_state, batch: step(params, opt_state, *batch),
+                                  in_shardings=(*state, sharded), out_shardings=(*state, replicated))
+        params, opt_state = _put((params, opt_state), state)
+        return jitted[key], (params, opt_state, _put(batch, jax.tree_util.tree_map(lambda _: sharded, batch)))
 
     @functools.wraps(step)
     def data_parallel_step(params, opt_state, *batch):
-        for leaf in jax.tree_util.tree_leaves(batch):
-            _check_divisible(np.shape(leaf)[0] if np.ndim(leaf) else 0, shards, "batch", sharded)
-        return sharded_step(params, opt_state, batch)
+        jitted_step, args = placed(params, opt_state, batch)
+        with jax.set_mesh(mesh):
+            return jitted_step(*args)
+
+    def lower(params, opt_state, *batch):
+        jitted_step, args = placed(params, opt_state, batch)
+        with jax.set_mesh(mesh):
+            return jitted_step.lower(*args)
 
     # As a jitted function's: `step.lower(params, opt_state, *batch).compile().as_text()` shows the collectives.
-    data_parallel_step.lower = lambda params, opt_state, *batch: sharded_step.lower(params, opt_state, batch)
+    data_parallel_step.lower = lower
     return data_parallel_step
 
 
-def data_parallel_mesh(devices: Sequence | None = None, axis_name: str = "batch") -> Mesh:
+def _put(tree, shardings):
+    """``tree``'s leaves on ``shardings``; a leaf already there is kept as it is (no copy)."""
+    return jax.tree_util.tree_map(
+        lambda leaf, sharding: leaf if getattr(leaf, "sharding", None) == sharding else jax.device_put(leaf, sharding),
+        tree, shardings)
+
+
+def _placement(leaf, mesh, replicated):
+    """A leaf's sharding on ``mesh`` if it has one there (FSDP, tensor parallel), else ``replicated``."""
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+        return sharding
+    return replicated
+
+
+def data_parallel_mesh(devices: Sequence | None = None, axis_name: str = "batch", *,
+                       axis_type: jax.sharding.AxisType = jax.sharding.AxisType.Auto) -> Mesh:
     """A one-dimensional mesh for data parallelism, by default over every device JAX sees.
 
     Args:
       devices: the devices, in mesh order; None means ``jax.devices()``, every device of every
         process under ``jax.distributed``, laid out by ``jax.make_mesh`` for fast collectives.
       axis_name: the name of the mesh's one axis.
+      axis_type: ``AxisType.Auto`` (XLA propagates shardings and places the collectives) or
+        ``AxisType.Explicit`` (every array's sharding is part of its type, ``jax.make_mesh``'s
+        default).
 
     Returns:
-      ``jax.sharding.Mesh`` of shape ``{axis_name: len(devices)}`` with an ``Auto`` axis, so XLA
-      places the collectives.
+      ``jax.sharding.Mesh`` of shape ``{axis_name: len(devices)}``.
 
     Raises:
-      TypeError: if ``devices`` holds anything but JAX devices, or ``axis_name`` is not a string.
+      TypeError: if ``devices`` holds anything but JAX devices, ``axis_name`` is not a string or
+        ``axis_type`` is not an ``AxisType``.
       ValueError: if ``devices`` is empty.
 
     >>> dict(data_parallel_mesh(jax.devices()[:1]).shape)
@@ -93,15 +137,16 @@ def data_parallel_mesh(devices: Sequence | None = None, axis_name: str = "batch"
     """
     if not isinstance(axis_name, str):
         raise TypeError(f"`axis_name` must be a string, got {axis_name!r}.")
-    auto = (jax.sharding.AxisType.Auto,)
+    if not isinstance(axis_type, jax.sharding.AxisType):
+        raise TypeError(f"`axis_type` must be a jax.sharding.AxisType (Auto or Explicit), got {axis_type!r}.")
     if devices is None:
-        return jax.make_mesh((jax.device_count(),), (axis_name,), axis_types=auto)
+        return jax.make_mesh((jax.device_count(),), (axis_name,), axis_types=(axis_type,))
     devices = list(devices)
     if not devices:
         raise ValueError("`devices` must list at least one device, got none.")
     if not all(isinstance(device, jax.Device) for device in devices):
         raise TypeError(f"`devices` must hold jax devices (e.g. from jax.devices()), got {devices!r}.")
-    return Mesh(np.asarray(devices), (axis_name,), axis_types=auto)
+    return Mesh(np.asarray(devices), (axis_name,), axis_types=(axis_type,))
 
 
 def replicate(tree, mesh: Mesh):
@@ -109,7 +154,46 @@ def replicate(tree, mesh: Mesh):
 
     Under several processes each must pass the same values, as with ``jax.device_put``.
     """
-    return jax.device_put(tree, NamedSharding(_auto_axes(mesh), PartitionSpec()))
+    return jax.device_put(tree, NamedSharding(_checked(mesh), PartitionSpec()))
+
+
+def shard_params(tree, mesh: Mesh, *, axis: str | None = None):
+    """Places ``tree`` (params) fully sharded over ``axis`` (FSDP): each device keeps one slice.
+
+    Each weight (a leaf of two or more dims) is split along its input-feature dim, the second to
+    last (``dense``'s ``in``, a kernel's ``C_in``), when ``axis``'s size divides it; biases,
+    scalars and weights it does not divide stay replicated. Splitting the contracted dim keeps
+    every layer's output split as its input is, so the same params work under Auto and Explicit
+    axes. A step that uses them gathers each weight where the forward needs it and reduces its
+    gradient to the slices, XLA placing both collectives; ``make_train_step`` keeps the placement,
+    and ``optimizer.init`` of the placed params gives a state placed alike.
+
+    Args:
+      tree: a pytree of arrays.
+      mesh: a ``jax.sharding.Mesh``.
+      axis: the mesh axis to split over; None means the mesh's only axis.
+
+    Returns:
+      The same pytree of ``jax.Array`` s, each sharded ``PartitionSpec(..., axis, ...)`` or
+      replicated.
+
+    Raises:
+      ValueError: if ``axis`` is None for a mesh of several axes, or names none of them.
+    """
+    names = _checked(mesh).axis_names
+    if axis is None and len(names) != 1:
+        raise ValueError(f"`axis` must name one of the axes {names} of `mesh`, which has several; got None.")
+    axis = names[0] if axis is None else axis
+    if axis not in names:
+        raise ValueError(f"`axis` must name an axis of `mesh` {names}, got {axis!r}.")
+    size = mesh.shape[axis]
+
+    def sharding(leaf):
+        shape = np.shape(leaf)
+        split = len(shape) >= 2 and shape[-2] % size == 0
+        return NamedSharding(mesh, PartitionSpec(*(None,) * (len(shape) - 2), axis, None) if split else PartitionSpec())
+
+    return jax.device_put(tree, jax.tree_util.tree_map(sharding, tree))
 
 
 def shard_batch(batch, mesh: Mesh, *, batch_axis: str | Sequence[str] | None = None):
@@ -187,21 +271,15 @@ def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True, dro
         yield batch
 
 
-def _auto_axes(mesh):
-    """``mesh`` with every axis ``Auto``, so that XLA shards the hand-written backward rules itself.
-
-    Under ``Explicit`` axes (``jax.make_mesh``'s default) every contraction over the sharded batch,
-    such as dense's ``dw = x.T @ g``, would need an ``out_sharding`` the rules do not give.
-    """
+def _checked(mesh):
     if not isinstance(mesh, Mesh):
         raise TypeError(f"`mesh` must be a jax.sharding.Mesh, e.g. training.data_parallel_mesh(), got {mesh!r}.")
-    auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
-    return mesh if mesh.axis_types == auto else Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+    return mesh
 
 
 def _batch_sharding(mesh, batch_axis):
     """The batch's ``NamedSharding`` (leading dim split over ``batch_axis``) and its number of shards."""
-    mesh = _auto_axes(mesh)
+    mesh = _checked(mesh)
     names = mesh.axis_names
     axes = names if batch_axis is None else (batch_axis,) if isinstance(batch_axis, str) else tuple(batch_axis)
     if not axes or not all(axis in names for axis in axes) or len(set(axes)) < len(axes):
@@ -225,17 +303,21 @@ def accuracy(outputs, labels) -> jax.Array:
     ``labels [N, C]``. ``outputs [N]`` or ``[N, 1]``: logits, positive means class 1, against 0/1
     ``labels`` of the same size.
     """
-    outputs, labels = jnp.asarray(outputs), jnp.asarray(labels)
-    if outputs.ndim == 1 or outputs.shape[-1] == 1:
-        predicted = outputs.reshape(-1) > 0
-        return jnp.mean(predicted == (labels.reshape(-1) > 0.5))
+    return jnp.mean(_correct(jnp.asarray(outputs), jnp.asarray(labels)))
+
+
+def _correct(outputs, labels) -> jax.Array:
+    """``[N]`` booleans: whether each prediction is right, by ``accuracy``'s rules."""
+    if outputs.ndim == 1 or outputs.shape[-1] == 1:  # logits: positive means class 1
+        column = lambda a: a if a.ndim == 1 else a[:, 0]
+        return (column(outputs) > 0) == (column(labels) > 0.5)
     if labels.ndim == outputs.ndim:
         labels = labels.argmax(-1)
-    return jnp.mean(outputs.argmax(-1) == labels)
+    return outputs.argmax(-1) == labels
 
 
-def evaluate(apply_fn: Callable, params, inputs, labels, *, loss_fn: Callable,
-             batch_size: int = 1024) -> dict[str, float]:
+def evaluate(apply_fn: Callable, params, inputs, labels, *, loss_fn: Callable, batch_size: int = 1024,
+             mesh: Mesh | None = None, batch_axis: str | Sequence[str] | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``apply_fn(params, inputs)`` over a dataset, in batches.
 
     Args:
@@ -243,24 +325,55 @@ def evaluate(apply_fn: Callable, params, inputs, labels, *, loss_fn: Callable,
       params: its parameters.
       inputs, labels: the dataset.
       loss_fn: per-example loss ``loss_fn(outputs, labels) -> [batch]`` (or elementwise, averaged).
-      batch_size: examples per forward pass.
+      batch_size: examples per forward pass (the global batch, with a ``mesh``).
+      mesh: optional ``jax.sharding.Mesh``: each batch is split over ``batch_axis`` as in
+        ``batches`` and the forward runs data-parallel, with ``params`` where they are (replicated
+        or sharded on ``mesh``; anything else is replicated). A last batch that the devices cannot
+        split evenly is padded with copies of its first example, which are left out of the means.
+      batch_axis: the mesh axis (or axes) that splits the batch; None means every axis of ``mesh``.
 
     Returns:
       ``{"loss": mean loss, "accuracy": fraction correct}`` as Python floats.
+
+    Raises:
+      ValueError: if ``inputs`` is empty, or ``batch_axis`` names no axis of ``mesh``.
     """
-    forward = _jitted(apply_fn)
+    count = len(inputs)
+    if count == 0:
+        raise ValueError("`inputs` must hold at least one example, got none.")
+    shards = 1
+    if mesh is not None:
+        sharding, shards = _batch_sharding(mesh, batch_axis)
+        params = jax.tree_util.tree_map(
+            lambda leaf: jax.device_put(leaf, _placement(leaf, mesh, NamedSharding(mesh, PartitionSpec()))), params)
+    forward = _per_example_metrics(apply_fn, loss_fn)
     total_loss = total_correct = 0.0
     for x, y in batches(None, (inputs, labels), batch_size, shuffle=False):
-        outputs = forward(params, x)
-        total_loss += float(jnp.mean(loss_fn(outputs, y))) * len(x)
-        total_correct += float(accuracy(outputs, y)) * len(x)
-    return {"loss": total_loss / len(inputs), "accuracy": total_correct / len(inputs)}
+        kept = len(x)
+        if mesh is not None:
+            pad = -kept % shards  # copies of the first example make the batch split evenly
+            x, y = (np.concatenate([a, np.repeat(a[:1], pad, 0)]) if pad else a for a in (np.asarray(x), np.asarray(y)))
+            x, y = (jax.make_array_from_process_local_data(sharding, a, a.shape) for a in (x, y))
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            losses, correct = forward(params, x, y)
+        total_loss += float(jnp.sum(losses[:kept]))
+        total_correct += float(jnp.sum(correct[:kept]))
+    return {"loss": total_loss / count, "accuracy": total_correct / count}
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted(apply_fn):
-    """One jitted forward per model, so evaluating after every epoch compiles once."""
-    return jax.jit(apply_fn)
+def _per_example_metrics(apply_fn, loss_fn):
+    """One jitted ``(params, x, y) -> (loss [N], correct [N])`` per model and loss, so evaluating after
+    every epoch compiles once; per example, so a padded batch's copies can be left out."""
+
+    def metrics(params, x, y):
+        outputs = apply_fn(params, x)
+        losses = jnp.asarray(loss_fn(outputs, y))  # [N], [N, ...] (averaged per example) or a batch mean
+        losses = jnp.broadcast_to(losses, y.shape[:1]) if losses.ndim == 0 else losses
+        losses = losses.mean(tuple(range(1, losses.ndim))) if losses.ndim > 1 else losses
+        return losses, _correct(outputs, y)
+
+    return jax.jit(metrics)
 
 
 def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_size: int,
