@@ -72,7 +72,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         they are, not by its ``in_shardings``, and a batch typed whole would be gathered on every device."""
         for leaf in jax.tree_util.tree_leaves(batch):
             _check_divisible(np.shape(leaf)[0] if np.ndim(leaf) else 0, shards, "batch", sharded)
-        state = jax.tree_util.tree_map(lambda leaf: _placement(leaf, mesh, replicated), (params, opt_state))
+        state = _placements((params, opt_state), mesh)
         key = (jax.tree_util.tree_structure(state), tuple(jax.tree_util.tree_leaves(state)))
         if key not in jitted:
             # `batch` travels as one tuple so that one sharding covers however many arrays it holds.
@@ -104,12 +104,20 @@ def _put(tree, shardings):
         tree, shardings)
 
 
-def _placement(leaf, mesh, replicated):
-    """A leaf's sharding on ``mesh`` if it has one there (FSDP, tensor parallel), else ``replicated``."""
-    sharding = getattr(leaf, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
-        return sharding
-    return replicated
+def _placements(tree, mesh):
+    """Each leaf's sharding on ``mesh`` if it has one there (FSDP, tensor parallel), else replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def placement(leaf):
+        sharding = getattr(leaf, "sharding", None)
+        return sharding if isinstance(sharding, NamedSharding) and sharding.mesh == mesh else replicated
+
+    return jax.tree_util.tree_map(placement, tree)
+
+
+def _on_mesh(tree, mesh):
+    """``tree`` on ``mesh``: leaves already placed there as they are, the others replicated."""
+    return _put(tree, _placements(tree, mesh))
 
 
 def data_parallel_mesh(devices: Sequence | None = None, axis_name: str = "batch", *,
@@ -344,8 +352,7 @@ def evaluate(apply_fn: Callable, params, inputs, labels, *, loss_fn: Callable, b
     shards = 1
     if mesh is not None:
         sharding, shards = _batch_sharding(mesh, batch_axis)
-        params = jax.tree_util.tree_map(
-            lambda leaf: jax.device_put(leaf, _placement(leaf, mesh, NamedSharding(mesh, PartitionSpec()))), params)
+        params = _on_mesh(params, mesh)
     forward = _per_example_metrics(apply_fn, loss_fn)
     total_loss = total_correct = 0.0
     for x, y in batches(None, (inputs, labels), batch_size, shuffle=False):
@@ -394,9 +401,10 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
       evaluate_fn: optional ``evaluate_fn(params) -> dict`` of metrics (e.g. ``test_accuracy``),
         run after each epoch and logged; its names must differ from the history's own.
       log: where progress lines go; None for silence.
-      mesh: optional ``jax.sharding.Mesh`` for data-parallel training: params and optimizer state
-        are replicated on it, each batch of ``batch_size`` examples is split over all its devices
-        (see ``batches``), and the returned params are replicated.
+      mesh: optional ``jax.sharding.Mesh`` for data-parallel training: each batch of
+        ``batch_size`` examples is split over all its devices (see ``batches``); params placed on
+        ``mesh`` keep their sharding (``shard_params`` for FSDP), any others are replicated, the
+        optimizer state follows them, and the returned params are placed as they were.
 
     Returns:
       ``(params, history)``: the trained parameters and one dict per epoch with ``epoch``,
@@ -407,9 +415,9 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
         raise ValueError(f"`batch_size` ({batch_size}) must not exceed the {len(data[0])} examples of `data`.")
     optimizer = optax.sgd(learning_rate, momentum=0.9) if optimizer is None else optimizer
     step = make_train_step(loss_fn, optimizer, mesh=mesh)
+    if mesh is not None:  # leaves already on the mesh keep their sharding (shard_params), the rest are replicated
+        params = _on_mesh(params, mesh)
     opt_state = optimizer.init(params)
-    if mesh is not None:
-        params, opt_state = replicate((params, opt_state), mesh)
     history = []
     for epoch in range(1, epochs + 1):
         key, epoch_key = jax.random.split(key)
