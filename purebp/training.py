@@ -362,23 +362,25 @@ def evaluate(apply_fn: Callable, params, inputs, labels, *, loss_fn: Callable, b
             x, y = (np.concatenate([a, np.repeat(a[:1], pad, 0)]) if pad else a for a in (np.asarray(x), np.asarray(y)))
             x, y = (jax.make_array_from_process_local_data(sharding, a, a.shape) for a in (x, y))
         with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-            losses, correct = forward(params, x, y)
-        total_loss += float(jnp.sum(losses[:kept]))
-        total_correct += float(jnp.sum(correct[:kept]))
+            batch_loss, batch_correct = forward(params, x, y, kept)
+        total_loss += float(batch_loss)
+        total_correct += float(batch_correct)
     return {"loss": total_loss / count, "accuracy": total_correct / count}
 
 
 @functools.lru_cache(maxsize=64)
 def _per_example_metrics(apply_fn, loss_fn):
-    """One jitted ``(params, x, y) -> (loss [N], correct [N])`` per model and loss, so evaluating after
-    every epoch compiles once; per example, so a padded batch's copies can be left out."""
+    """One jitted ``(params, x, y, kept) -> (Σ loss, Σ correct)`` over the first ``kept`` examples, per
+    model and loss, so evaluating after every epoch compiles once and a padded batch's copies are
+    left out (``kept`` is traced: a last, smaller batch compiles no new program for it)."""
 
-    def metrics(params, x, y):
+    def metrics(params, x, y, kept):
         outputs = apply_fn(params, x)
         losses = jnp.asarray(loss_fn(outputs, y))  # [N], [N, ...] (averaged per example) or a batch mean
         losses = jnp.broadcast_to(losses, y.shape[:1]) if losses.ndim == 0 else losses
         losses = losses.mean(tuple(range(1, losses.ndim))) if losses.ndim > 1 else losses
-        return losses, _correct(outputs, y)
+        counted = jnp.arange(y.shape[0]) < kept
+        return jnp.where(counted, losses, 0).sum(), (counted & _correct(outputs, y)).sum()
 
     return jax.jit(metrics)
 

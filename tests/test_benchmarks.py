@@ -1,12 +1,14 @@
 """The benchmark runner's smoke test: ``python -m benchmarks --tiny`` end to end, no timings asserted."""
 import pathlib
+import re
 import sys
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))  # the repository root, home of `benchmarks`
 
-from benchmarks import report, runner, workloads  # noqa: E402
+from benchmarks import report, runner, sharded, workloads  # noqa: E402
+from benchmarks.timing import Stats  # noqa: E402
 
 
 def test_tiny_run_writes_every_workload(tmp_path):
@@ -19,6 +21,44 @@ def test_tiny_run_writes_every_workload(tmp_path):
         assert f"### {heading}" in page
     assert "FAILED" not in page and "ok: vs autodiff" in page
     assert "<!-- BEGIN gpu -->" in page  # the placeholder a GPU run fills
+    _assert_sharded_section(page.split(f"<!-- BEGIN {report.SHARDED} -->")[1])
+
+
+def _assert_sharded_section(text):
+    assert text.startswith("\n## CPU, 8 simulated devices: Auto and Explicit mesh axes") and "8 device(s)" in text
+    for pair in sharded.PAIRS:
+        assert re.search(rf"\| {re.escape(pair)} \| [\d.]+× \([\d.]+–[\d.]+\) \| ok: ", text)
+    assert "| step | " + " | ".join(report.COLLECTIVES) + " |" in text
+    for step in ("purebp, Auto", "autodiff, Auto", "purebp, Explicit", "autodiff, Explicit"):
+        # Data parallelism must reduce the gradients at least once; how XLA combines them is its own.
+        assert re.search(rf"\| {step} \| [1-9]\d* \| \d+ \| \d+ \| \d+ \| \d+ \|", text)
+
+
+def test_only_the_sharded_step_replaces_its_section_and_keeps_the_rest(tmp_path, monkeypatch):
+    output = tmp_path / "benchmarks.md"
+    output.write_text(report.page({"cpu": "## CPU\n\nsingle-device tables\n"}))
+    counts = dict.fromkeys(report.COLLECTIVES, 0) | {"all-reduce": 1}
+    measured = report.ShardedResult(  # what the 8-device child would report, without its 20 s
+        label="CNN", devices="cpu (cpu), 8 device(s)", collectives={"purebp, Auto": counts},
+        ratios={"purebp / autodiff, Auto": Stats(0.9, 0.8, 1.0)},
+        checks={"purebp / autodiff, Auto": report.Check("loss, updates", 1e-7, 1e-4)})
+    monkeypatch.setattr(sharded, "run", lambda **options: measured)
+    assert runner.main(["--tiny", "--only", report.SHARDED, "--output", str(output)]) == 0
+    page = output.read_text()
+    assert "single-device tables" in page and "| purebp / autodiff, Auto | 0.9× (0.8–1) | ok: 1.0e-07 |" in page
+    assert "| purebp, Auto | 1 | 0 | 0 | 0 | 0 |" in page
+    assert page.index("BEGIN cpu") < page.index(f"BEGIN {report.SHARDED}") < page.index("BEGIN gpu")
+
+
+def test_collectives_are_counted_by_op_name_whatever_their_result_type():
+    hlo = """
+      %all-reduce-start = (f32[3]{0}, f32[2,2]{1,0}) all-reduce-start(f32[3]{0} %a, f32[2,2]{1,0} %b), to_apply=%add
+      %all-reduce-done = (f32[3]{0}, f32[2,2]{1,0}) all-reduce-done(%all-reduce-start)
+      %all-reduce.1 = f32[] all-reduce(f32[] %c), to_apply=%add
+      %all-gather = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %d), dimensions={0}
+    """
+    assert sharded.collective_counts(hlo) == {"all-reduce": 2, "all-gather": 1, "reduce-scatter": 0,
+                                              "all-to-all": 0, "collective-permute": 0}
 
 
 def test_without_torch_the_pytorch_columns_are_empty_and_tiny_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -27,6 +67,7 @@ def test_without_torch_the_pytorch_columns_are_empty_and_tiny_writes_nothing(tmp
     assert runner.main(["--tiny", "--only", "max_pool", "--repeats", "1", "--warmup", "0"]) == 0
     printed = capsys.readouterr().out
     assert "| backward |" in printed and "| — | — |" in printed and "torch not used" in printed
+    assert "simulated devices" not in printed  # --only without cnn_sharded leaves it out
     assert not (tmp_path / "benchmarks.md").exists()
 
 
@@ -36,7 +77,7 @@ def test_names_match_the_workloads():
 
 def test_a_run_keeps_the_other_backends_section():
     gpu = "<!-- BEGIN gpu -->\n## GPU\n\nmeasured on a GPU\n<!-- END gpu -->\n"
-    page = report.page("cpu", "## CPU\n\nnew\n", report.page("cpu", "## CPU\n\nold\n") + "\n" + gpu)
+    page = report.page({"cpu": "## CPU\n\nnew\n"}, report.page({"cpu": "## CPU\n\nold\n"}) + "\n" + gpu)
     assert "measured on a GPU" in page and "new" in page and "old" not in page
     assert page.count("<!-- BEGIN gpu -->") == 1 and page.index("BEGIN cpu") < page.index("BEGIN gpu")
 

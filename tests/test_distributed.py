@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -44,6 +45,12 @@ def mesh():
     return training.data_parallel_mesh()
 
 
+@pytest.fixture(params=[jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit], ids=["auto", "explicit"])
+def any_mesh(request):
+    """The data-parallel mesh with Auto axes (XLA propagates shardings) and Explicit ones (sharding in types)."""
+    return training.data_parallel_mesh(axis_type=request.param)
+
+
 def test_sees_the_devices_ci_asks_for():
     """Keeps the eight-device run of .ci/run from silently running on one device."""
     expected = os.environ.get("PUREBP_EXPECT_DEVICES")
@@ -55,6 +62,8 @@ def test_sees_the_devices_ci_asks_for():
 def test_mesh_spans_every_device(mesh):
     assert dict(mesh.shape) == {"batch": DEVICES} and set(mesh.devices.flat) == set(jax.devices())
     assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+    explicit = training.data_parallel_mesh(axis_type=jax.sharding.AxisType.Explicit)
+    assert explicit.axis_types == (jax.sharding.AxisType.Explicit,) and explicit.devices.tolist() == mesh.devices.tolist()
     mine = training.data_parallel_mesh(jax.devices()[::-1], axis_name="data")
     assert dict(mine.shape) == {"data": DEVICES} and list(mine.devices.flat) == jax.devices()[::-1]
     with pytest.raises(ValueError, match="`devices` must list at least one device, got none"):
@@ -63,6 +72,8 @@ def test_mesh_spans_every_device(mesh):
         training.data_parallel_mesh([0, 1])
     with pytest.raises(TypeError, match="`axis_name` must be a string, got 0"):
         training.data_parallel_mesh(axis_name=0)
+    with pytest.raises(TypeError, match="`axis_type` must be a jax.sharding.AxisType .* got 'explicit'"):
+        training.data_parallel_mesh(axis_type="explicit")
 
 
 def test_batches_are_split_along_the_batch_axis(mesh):
@@ -174,7 +185,8 @@ def assert_trees_close(actual, expected, **tolerance):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("problem", PROBLEMS)
-def test_data_parallel_training_equals_one_device(problem, dtype, mesh):
+def test_data_parallel_training_equals_one_device(problem, dtype, any_mesh):
+    mesh = any_mesh
     with jax.enable_x64(dtype == np.float64):
         params, loss, x, y = setup(problem, dtype)
         optimizer = optax.sgd(0.05, momentum=0.9)
@@ -189,37 +201,109 @@ def test_data_parallel_training_equals_one_device(problem, dtype, mesh):
         assert loss(many, x, y) < loss(params, x, y)  # it trained
 
 
+def cnn_reference(params, x):
+    """``cnn_problem``'s model from the reference twins, over the same params: JAX's autodiff of it is the oracle."""
+    _, conv1, _, _, conv2, _, _, _, dense = params
+    x = reference.max_pool(reference.relu(reference.conv(reference.zero_pad(x, 1), conv1["w"], conv1["b"])), 2)
+    x = reference.avg_pool(reference.relu(reference.conv(x, conv2["w"], conv2["b"], padding="SAME")), 2)
+    return reference.dense(x.reshape(x.shape[0], -1), dense["w"], dense["b"])
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def collectives(compiled_text):
+    """How many of each collective a compiled program runs (an op's result type may hold spaces)."""
+    return {kind: len(re.findall(rf" {kind}(-start)?\(", compiled_text)) for kind in COLLECTIVES}
+
+
 @several_devices
-def test_xla_all_reduces_the_gradients(mesh):
+def test_the_step_all_reduces_the_gradients_once(any_mesh):
+    """purebp's step and autodiff's of the twins compile to the same collectives: one all-reduce (XLA
+    combines the gradients' into one), nothing gathered, in both modes. numpy batches, so the step
+    must place them itself: under Explicit axes an unplaced batch would be typed whole, gathered."""
     params, loss, x, y = setup("cnn", np.float32)
+    twin = lambda p, x, y: reference.softmax_cross_entropy_with_integer_labels(cnn_reference(p, x), y).mean()
     optimizer = optax.sgd(0.05, momentum=0.9)
-    step = training.make_train_step(loss, optimizer, mesh=mesh)
-    compiled = step.lower(params, optimizer.init(params), x[:16], y[:16]).compile()
-    assert "all-reduce" in compiled.as_text()
+    for fn in (loss, twin):
+        step = training.make_train_step(fn, optimizer, mesh=any_mesh)
+        compiled = step.lower(params, optimizer.init(params), x[:16], y[:16]).compile().as_text()
+        assert collectives(compiled) == {"all-reduce": 1, "all-gather": 0, "reduce-scatter": 0, "all-to-all": 0,
+                                         "collective-permute": 0}
     alone = training.make_train_step(loss, optimizer).lower(params, optimizer.init(params), x[:16], y[:16])
-    assert "all-reduce" not in alone.compile().as_text()
+    assert sum(collectives(alone.compile().as_text()).values()) == 0
 
 
-def test_fit_with_a_mesh_equals_fit_without(mesh):
+def test_fit_with_a_mesh_equals_fit_without(any_mesh):
     params, loss, x, y = setup("mlp", np.float32)
     kwargs = dict(key=jax.random.PRNGKey(3), epochs=2, batch_size=16, log=None)
     one, one_history = training.fit(loss, params, (x, y), **kwargs)
-    many, many_history = training.fit(loss, params, (x, y), mesh=mesh, **kwargs)
+    many, many_history = training.fit(loss, params, (x, y), mesh=any_mesh, **kwargs)
     assert_trees_close(many, one, **TOLERANCE[np.float32])
     assert many_history[-1]["loss"] == pytest.approx(one_history[-1]["loss"], rel=1e-5)
     assert jax.tree_util.tree_leaves(many)[0].sharding.is_fully_replicated
 
 
-def test_a_mesh_of_your_own_with_explicit_axes(mesh):
-    """``jax.make_mesh`` makes Explicit axes by default; the step runs them as Auto."""
-    params, loss, x, y = setup("mlp", np.float32)
+def test_jax_make_mesh_explicit_axes_train_as_auto_ones(mesh):
+    """``jax.make_mesh`` makes Explicit axes by default; the step runs them as they are, to the same numbers."""
+    params, loss, x, y = setup("cnn", np.float32)
     yours = jax.make_mesh((DEVICES,), ("data",))
     assert yours.axis_types == (jax.sharding.AxisType.Explicit,)
     kwargs = dict(key=jax.random.PRNGKey(3), epochs=1, batch_size=16, log=None)
     trained, _ = training.fit(loss, params, (x, y), mesh=yours, **kwargs)
-    assert_trees_close(trained, training.fit(loss, params, (x, y), mesh=mesh, **kwargs)[0], rtol=0, atol=0)
+    assert_trees_close(trained, training.fit(loss, params, (x, y), mesh=mesh, **kwargs)[0], **TOLERANCE[np.float32])
     placed = training.shard_batch(x[:16], yours)
     assert placed.sharding.spec == P("data") and placed.sharding.mesh.devices.tolist() == yours.devices.tolist()
+    assert jax.typeof(placed).sharding.spec == P("data", None, None, None)  # the split is in the type
+    assert jax.typeof(trained[1]["w"]).sharding.spec == P(None, None, None, None)
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_fsdp_training_equals_one_device(problem, any_mesh):
+    """``shard_params`` splits every weight over the batch axis; the step keeps them split and trains
+    to the one-device numbers."""
+    params, loss, x, y = setup(problem, np.float32)
+    optimizer = optax.sgd(0.05, momentum=0.9)
+    one, one_losses = train(training.make_train_step(loss, optimizer), params, optimizer, x, y)
+    sharded = training.shard_params(params, any_mesh)
+    many, many_losses = train(training.make_train_step(loss, optimizer, mesh=any_mesh), sharded, optimizer, x, y,
+                              mesh=any_mesh)
+    assert_trees_close(many, one, **TOLERANCE[np.float32])
+    np.testing.assert_allclose(many_losses, one_losses, **TOLERANCE[np.float32])
+    placement = lambda tree: jax.tree_util.tree_map(lambda a: a.sharding, tree)
+    assert placement(many) == placement(sharded)
+    fitted, _ = training.fit(loss, sharded, (x, y), key=jax.random.PRNGKey(3), epochs=1, batch_size=16, log=None,
+                             mesh=any_mesh)
+    assert placement(fitted) == placement(sharded)
+
+
+def test_shard_params_splits_weights_over_their_input_features(mesh):
+    tree = {"w": np.zeros((2 * DEVICES, 3)), "kernel": np.zeros((3, 3, DEVICES, 5)), "b": np.zeros(2 * DEVICES),
+            "odd": np.zeros((2 * DEVICES + 1, 4)), "scalar": np.zeros(())}
+    placed = training.shard_params(tree, mesh)
+    assert {name: leaf.sharding.spec for name, leaf in placed.items()} == {
+        "w": P("batch", None), "kernel": P(None, None, "batch", None), "b": P(),
+        "odd": P("batch", None) if DEVICES == 1 else P(), "scalar": P()}  # one device divides every dim
+    two_axes = jax.make_mesh((1, DEVICES), ("replica", "data"))
+    assert training.shard_params(tree, two_axes, axis="data")["w"].sharding.spec == P("data", None)
+    with pytest.raises(ValueError, match=r"`axis` must name one of the axes \('replica', 'data'\) .* got None"):
+        training.shard_params(tree, two_axes)
+    with pytest.raises(ValueError, match=r"`axis` must name an axis of `mesh` \('batch',\), got 'model'"):
+        training.shard_params(tree, mesh, axis="model")
+
+
+@pytest.mark.parametrize("examples", [64, 61], ids=["even", "padded"])
+def test_evaluate_over_a_mesh_equals_one_device(examples, any_mesh):
+    """Data-parallel evaluation; a last batch the devices cannot split is padded and the padding left out."""
+    params, _, x, y = setup("cnn", np.float32)
+    model = cnn_problem(np.float32)[0]
+    kwargs = dict(loss_fn=purebp.softmax_cross_entropy_with_integer_labels, batch_size=24)
+    one = training.evaluate(model.apply, params, x[:examples], y[:examples], **kwargs)
+    many = training.evaluate(model.apply, training.shard_params(params, any_mesh), x[:examples], y[:examples],
+                             mesh=any_mesh, **kwargs)
+    assert many["accuracy"] == one["accuracy"] and many["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="`inputs` must hold at least one example, got none"):
+        training.evaluate(model.apply, params, x[:0], y[:0], mesh=any_mesh, **kwargs)
 
 
 def shard_map_step(loss_fn, optimizer, mesh, axis="batch"):
