@@ -102,6 +102,7 @@ def test_op_data_parallel(name, mode):
 
 
 def normal(rng, *shape):
+    """float32 normals scaled by 1/sqrt(fan-in) for matrices and kernels, so activations stay O(1)."""
     return jnp.asarray(rng.standard_normal(shape) / np.sqrt(shape[0] if len(shape) > 1 else 1), np.float32)
 
 
@@ -114,8 +115,8 @@ def mlp_case(rng, batch_spec, first, second):
     """Two layers: ``first`` and ``second`` give each layer's (w, b) PartitionSpecs."""
     widths = (8, 2 * DEVICES, 8)
     params = [{"w": normal(rng, m, n), "b": normal(rng, n)} for m, n in zip(widths[:-1], widths[1:])]
-    specs_ = [{"w": w, "b": b} for w, b in (first, second)]
-    return "mlp", (params, normal(rng, 2 * DEVICES, 8)), (specs_, batch_spec)
+    layer_placements = [{"w": w, "b": b} for w, b in (first, second)]
+    return "mlp", (params, normal(rng, 2 * DEVICES, 8)), (layer_placements, batch_spec)
 
 
 def conv_case(rng, batch_spec, w_spec, b_spec):
@@ -123,16 +124,18 @@ def conv_case(rng, batch_spec, w_spec, b_spec):
     return "conv", args, (batch_spec, w_spec, b_spec)
 
 
-def model_case(name, args, placements, mesh):
+def model_parallel_case(table, name):
+    """``table[name]``'s arguments and placements, the op and its twin, a cotangent and the argnums."""
+    name, args, placements = table[name](np.random.default_rng(0))
     options = {"mlp": {"activation": "tanh"}, "conv": {"stride": 2, "padding": "SAME"}}.get(name, {})
     ours, twin = (functools.partial(getattr(module, name), **options) for module in (purebp, reference))
     cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(jax.eval_shape(ours, *args).shape), np.float32)
     return ours, twin, args, cotangent, floating_argnums(args), placements
 
 
-# FSDP: the weights split over the batch axis too, each device keeping one slice of every weight.
-# Split over their input features (the contracted dim), as `training.shard_params` places them, so
-# that every output stays split as its input; biases replicated.
+# FSDP: the weights split over the batch axis too, each device keeping one slice of every weight,
+# over their input features (the contracted dim) as `training.shard_params` places them, so that
+# every output stays split as its input; biases replicated.
 FSDP = {
     "dense": lambda rng: dense_case(rng, P("batch"), P("batch", None), P()),
     "mlp": lambda rng: mlp_case(rng, P("batch"), (P("batch", None), P()), (P("batch", None), P())),
@@ -143,9 +146,8 @@ FSDP = {
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", FSDP)
 def test_fsdp_weights_split_over_the_batch_axis(name, mode):
-    name, args, placements = FSDP[name](np.random.default_rng(0))
+    ours, twin, args, cotangent, argnums, placements = model_parallel_case(FSDP, name)
     mesh = batch_mesh(mode)
-    ours, twin, args, cotangent, argnums, _ = model_case(name, args, placements, mesh)
     if name == "conv" and mode == AxisType.Explicit:
         twin = None  # lax.conv_general_dilated takes a split kernel only with an out_sharding, which the twin has not
     _, grads = under_mesh(mesh, ours, twin, args, cotangent, argnums, placements)
@@ -174,9 +176,8 @@ TENSOR_PARALLEL = {
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", TENSOR_PARALLEL)
 def test_tensor_parallel_weights_split_over_a_model_axis(name, mode):
-    name, args, placements = TENSOR_PARALLEL[name](np.random.default_rng(0))
+    ours, twin, args, cotangent, argnums, placements = model_parallel_case(TENSOR_PARALLEL, name)
     mesh = model_mesh(mode)
-    ours, twin, args, cotangent, argnums, _ = model_case(name, args, placements, mesh)
     if name == "mlp" and mode == AxisType.Explicit:
         twin = None  # the twin's row-parallel `a @ w` contracts over "model" on both sides: JAX asks for an out_sharding
     value, grads = under_mesh(mesh, ours, twin, args, cotangent, argnums, placements)
