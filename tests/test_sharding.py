@@ -194,3 +194,30 @@ def test_outside_a_mesh_the_rules_add_no_sharding_ops():
         ours, _, args, cotangent = op_case(name)
         text = str(jax.make_jaxpr(value_and_grad(ours, floating_argnums(args)))(cotangent, *args))
         assert not any(primitive in text for primitive in ("reshard", "sharding_constraint", "psum")), name
+
+
+def every_layer():
+    """One model through every layer constructor, and a batch of DEVICES × 2 images."""
+    model = layers.serial(
+        layers.ZeroPad(1), layers.Conv(4, 3, padding="VALID"), layers.Relu(), layers.MaxPool(2),
+        layers.ConvTranspose(4, 3, stride=2), layers.Tanh(), layers.AvgPool(2), layers.Conv(4, 1, groups=2, use_bias=False),
+        layers.Sigmoid(), layers.Flatten(), layers.MLP((6, 5), activation="relu"), layers.Dense(5),
+        layers.LogSoftmax(), layers.Softmax())
+    x = np.random.default_rng(0).uniform(size=(2 * DEVICES, 8, 8, 2)).astype(np.float32)
+    return model, model.init(jax.random.PRNGKey(0), x.shape)[1], x
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_layer_under_a_mesh(mode):
+    """Grad of a loss through every layer, the batch split and the params replicated: each param's
+    gradient is typed as the param, and equals one device's."""
+    model, params, x = every_layer()
+    loss = lambda params, x: jnp.mean(jnp.log(model.apply(params, x)[:, 0]))
+    mesh = batch_mesh(mode)
+    with jax.set_mesh(mesh):
+        placed = jax.device_put((params, x), (P(), P("batch")))
+        value, grads = jax.jit(jax.value_and_grad(loss))(*placed)
+        assert specs(grads) == specs(placed[0])
+    expected_value, expected = jax.jit(jax.value_and_grad(loss))(params, x)
+    np.testing.assert_allclose(value, expected_value, **TOLERANCE)
+    jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, **TOLERANCE), grads, expected)
