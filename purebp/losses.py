@@ -177,9 +177,10 @@ def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
 
     Args:
       logits: floating array with the classes along ``axis``.
-      labels: integer array of ``logits``' shape without ``axis``, each in ``[-num_classes,
-        num_classes)`` (negative ones count from the end, as in indexing); a label out of that range
-        gives NaN (values cannot be checked at trace time).
+      labels: integer array of any integer dtype, of ``logits``' shape without ``axis``, each in
+        ``[-num_classes, num_classes)`` (negative ones count from the end, as in indexing, as optax);
+        a label out of that range gives a NaN loss and a NaN cotangent row (values cannot be checked
+        at trace time).
       axis: the class axis.
 
     Returns:
@@ -199,8 +200,25 @@ def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
         raise ValueError(
             f"`labels` must have the shape of `logits` {jnp.shape(logits)} without axis {axis}, "
             f"{batch_shape}, got {jnp.shape(labels)}.")
-    labels = jnp.where(labels < 0, labels + jnp.shape(logits)[axis], labels)  # count from the end, as indexing does
-    return _softmax_cross_entropy_with_integer_labels(axis, logits, labels)
+    return _softmax_cross_entropy_with_integer_labels(axis, logits, _class_index(labels, jnp.shape(logits)[axis]))
+
+
+def _class_index(labels, classes):
+    """int32 class indices: labels in ``[-classes, classes)`` counted from the end where negative, as
+    indexing does, once; any other label becomes ``classes``, which the rule turns into NaN.
+
+    The range is checked in the labels' own dtype, with bounds the dtype cannot hold left out (int8
+    labels and 200 classes), before any cast could wrap a label into range (uint32 above 2³¹).
+    """
+    labels = jnp.asarray(labels)
+    info = jnp.iinfo(labels.dtype)
+    valid = jnp.ones(labels.shape, bool)
+    if classes <= info.max:
+        valid = valid & (labels < classes)
+    if -classes >= info.min:
+        valid = valid & (labels >= -classes)
+    index = labels.astype(jnp.int32)
+    return jnp.where(valid, jnp.where(index < 0, index + classes, index), classes)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -212,16 +230,18 @@ def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels):
     shifted = max_shifted(z, axis)
     unnormalized = jnp.exp(shifted)
     normalizer = unnormalized.sum(axis, keepdims=True)
-    label_logit = jnp.take_along_axis(shifted, jnp.expand_dims(labels, axis), axis)
+    classes = z.shape[axis]
+    label_logit = jnp.take_along_axis(shifted, jnp.expand_dims(labels % classes, axis), axis)
     # log Σe^{z−m} − (z_y − m), not logsumexp(z) − z_y as optax: when z_y is the max the loss is
     # log Σe^{z−m} exactly, with no rounding of m + log Σ … against z_y (optax differs by ulps of m).
     loss = (jnp.log(normalizer) - label_logit).squeeze(axis)
-    return loss, (unnormalized / normalizer, labels)
+    return jnp.where(labels < classes, loss, jnp.nan), (unnormalized / normalizer, labels)  # a bad label: NaN
 
 
 def _softmax_cross_entropy_with_integer_labels_bwd(axis, res, g):  # ((p, labels), ct J) -> (ct z, None)
     p, labels = res
     dz = jnp.expand_dims(g, axis) * (p - _one_hot(labels, p, axis))  # ∂J/∂z = p − onehot(y)
+    dz = jnp.where(jnp.expand_dims(labels < p.shape[axis], axis), dz, jnp.nan)  # a bad label's row: NaN
     return _types.like(dz, _types.of(p)), None  # p is typed as z
 
 

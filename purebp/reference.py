@@ -54,7 +54,14 @@ def softmax_cross_entropy(logits, labels, axis=-1):
 
 def softmax_cross_entropy_with_integer_labels(logits, labels, axis=-1):
     # −log p_y from the shifted log_softmax, not logsumexp(z) − z_y, which cancels to the ulp of m.
-    return -jnp.take_along_axis(log_softmax(logits, axis), jnp.expand_dims(labels, axis), axis).squeeze(axis)
+    classes, labels = logits.shape[axis], jnp.asarray(labels)
+    # Labels in [-classes, classes), compared in their own dtype, leaving out bounds it cannot hold; a
+    # row with any other label is multiplied by NaN, so its loss and its gradient are NaN.
+    info = jnp.iinfo(labels.dtype)
+    valid = ((labels < classes) if classes <= info.max else True) & ((labels >= -classes) if -classes >= info.min else True)
+    poison = jnp.expand_dims(jnp.where(valid, 1.0, jnp.nan).astype(logits.dtype), axis)
+    index = jnp.where(valid, labels, 0).astype(jnp.int32) % classes
+    return -jnp.take_along_axis(log_softmax(logits * poison, axis), jnp.expand_dims(index, axis), axis).squeeze(axis)
 
 
 def squared_error(predictions, targets=None):

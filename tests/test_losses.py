@@ -161,6 +161,38 @@ def test_negative_integer_labels_count_from_the_end(rng):
         np.testing.assert_allclose(grad, jax.nn.softmax(logits) - jax.nn.one_hot(positive, 5), atol=2e-7)
 
 
+@pytest.mark.parametrize("implementation", [purebp, reference], ids=["purebp", "reference"])
+def test_labels_out_of_range_give_nan_once_not_another_class(implementation, rng):
+    """[-k, k) index classes, as optax; 5, -6 and -10 with k = 5 give NaN (they used to wrap twice to
+    classes 4 and 0), in the loss and in that row's cotangent alone."""
+    op = implementation.softmax_cross_entropy_with_integer_labels
+    logits, labels = normal(rng, (5, 5), np.float32), jnp.array([5, -6, -10, 2, -1])
+    value, grad = jax.value_and_grad(lambda z: op(z, labels).sum())(logits)
+    per_example = op(logits, labels)
+    assert np.isnan(per_example[:3]).all() and np.isnan(value)
+    np.testing.assert_allclose(per_example[3:], optax.softmax_cross_entropy_with_integer_labels(
+        logits[3:], labels[3:]), rtol=1e-6)
+    assert np.isnan(grad[:3]).all() and np.isfinite(grad[3:]).all()
+
+
+@pytest.mark.parametrize("dtype, labels, classes", [
+    pytest.param(np.int8, [-128, -100, 127, 0], 200, id="int8-200-classes"),
+    pytest.param(np.uint8, [0, 255, 3, 200], 201, id="uint8"),
+    pytest.param(np.uint32, [3, 2 ** 31 + 1, 4, 2 ** 32 - 1], 5, id="uint32-above-int32"),
+    pytest.param(np.int16, [-5, 4, -6, 5], 5, id="int16"),
+])
+def test_labels_of_every_integer_dtype(dtype, labels, classes, rng):
+    """Compared in their own dtype, so no bound overflows and no cast wraps a label into range."""
+    logits, labels = normal(rng, (4, classes), np.float32), np.array(labels, dtype)
+    as_int = labels.astype(np.int64)
+    valid = (as_int >= -classes) & (as_int < classes)
+    expected = np.where(valid, optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.asarray(np.where(valid, as_int % classes, 0), jnp.int32)), np.nan)
+    for implementation in (purebp, reference):
+        np.testing.assert_allclose(implementation.softmax_cross_entropy_with_integer_labels(logits, labels),
+                                   expected, rtol=1e-6)
+
+
 def test_integer_labels_get_a_float0_cotangent(rng):
     logits, labels = normal(rng, (3, 4), np.float32), integer_labels(rng, (3, 4), -1)
     loss = lambda z, y: purebp.softmax_cross_entropy_with_integer_labels(z, y).sum()
