@@ -193,6 +193,18 @@ def test_labels_of_every_integer_dtype(dtype, labels, classes, rng):
                                    expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, error", [pytest.param(np.float16, 300.0, id="f16-300"),
+                                          pytest.param(np.float32, 2e19, id="f32-2e19")])
+def test_l2_loss_is_finite_where_half_the_square_fits(dtype, error):
+    """e² overflows, ½e² does not: the value and its gradient e are finite, in purebp and its twin."""
+    p, t = jnp.asarray([error, -error], dtype), jnp.zeros(2, dtype)
+    for implementation in (purebp, reference):
+        grad = jax.grad(lambda p: implementation.l2_loss(p, t).sum())(p)
+        np.testing.assert_allclose(np.asarray(implementation.l2_loss(p, t), np.float64), 0.5 * np.float64(error) ** 2,
+                                   rtol=1e-3)
+        np.testing.assert_allclose(np.asarray(grad, np.float64), [error, -error], rtol=1e-3)
+
+
 def test_integer_labels_get_a_float0_cotangent(rng):
     logits, labels = normal(rng, (3, 4), np.float32), integer_labels(rng, (3, 4), -1)
     loss = lambda z, y: purebp.softmax_cross_entropy_with_integer_labels(z, y).sum()
