@@ -54,7 +54,26 @@ def _layer(name: str, make_params: Callable, apply: Callable) -> Layer:
             raise type(error)(f"{name} cannot take input_shape {x.shape}: {error}") from None
         return output.shape, params
 
-    return Layer(init, apply)
+    def named_apply(params, x):
+        """``apply``, its errors naming the layer, the shape it got and, for a missing key, its params."""
+        try:
+            return apply(params, x)
+        except KeyError as error:
+            raise ValueError(f"{name} needs params with the key {error}, got {_describe(params)}: are these "
+                             f"another layer's params?") from None
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name} cannot take `x` of shape {jnp.shape(x)}: {error}") from None
+
+    return Layer(init, named_apply)
+
+
+def _describe(params) -> str:
+    """A params pytree in a few words, never its arrays' values."""
+    if isinstance(params, dict):
+        return f"a dict with keys {sorted(params)}"
+    if isinstance(params, (list, tuple)):
+        return f"a {type(params).__name__} of {len(params)}"
+    return f"{type(params).__name__} {jnp.shape(params) if hasattr(params, 'shape') else params!r}"
 
 
 def _check_shape(name, input_shape):
@@ -208,8 +227,14 @@ def serial(*layers: Layer) -> Layer:
         return input_shape, params
 
     def apply(params, x):
-        for layer, layer_params in zip(layers, params):
-            x = layer.apply(layer_params, x)
+        if not isinstance(params, (list, tuple)) or len(params) != len(layers):
+            raise ValueError(f"serial of {len(layers)} layers needs a list of {len(layers)} params, one per layer, "
+                             f"got {_describe(params)}.")
+        for i, (layer, layer_params) in enumerate(zip(layers, params)):
+            try:
+                x = layer.apply(layer_params, x)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"serial layer {i}: {error}") from None
         return x
 
     return Layer(init, apply)

@@ -121,3 +121,25 @@ def test_bad_constructor_arguments():
         layers.MLP(())
     with pytest.raises(TypeError, match="serial takes one or more Layers"):
         layers.serial(purebp.relu)
+
+
+def test_serial_apply_checks_its_params_list(rng):
+    """A list of the wrong length no longer skips layers, nor swapped params give a bare KeyError."""
+    model = layers.serial(layers.Dense(3), layers.Relu(), layers.Dense(2))
+    _, params = model.init(KEY, (4, 5))
+    x = jnp.asarray(rng.standard_normal((4, 5)), jnp.float32)
+    with pytest.raises(ValueError, match=r"serial of 3 layers needs a list of 3 params, one per layer, got a list of 2"):
+        model.apply(params[:2], x)
+    with pytest.raises(ValueError, match=r"serial of 3 layers needs a list of 3 params, .* got a dict with keys \['b', 'w'\]"):
+        model.apply(params[0], x)
+    with pytest.raises(ValueError, match=r"serial layer 0: Dense\(3\) needs params with the key 'w', got a dict with "
+                                         r"keys \[\]: are these another layer's params\?"):
+        model.apply([params[1], params[0], params[2]], x)
+
+
+def test_apply_errors_name_the_layer_and_the_shape(rng):
+    model = layers.serial(layers.Flatten(), layers.Dense(3))
+    _, params = model.init(KEY, (2, 4, 5))
+    with pytest.raises(ValueError, match=r"serial layer 1: Dense\(3\) cannot take `x` of shape \(2, 6\): `x` must "
+                                         r"have shape \[\.\.\., in\] with in = 20"):
+        model.apply(params, jnp.ones((2, 2, 3)))
