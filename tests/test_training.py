@@ -1,4 +1,6 @@
 """Training: the jitted step updates params, a short run lowers the loss, batching is deterministic."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,3 +114,46 @@ def test_checkpoint_rejects_what_it_cannot_describe(tmp_path):
         save_params(tmp_path / "p.npz", {1: jnp.ones(2)})
     with pytest.raises(TypeError, match="leaves must be arrays, got str"):
         save_params(tmp_path / "p.npz", {"w": "weights"})
+    with pytest.raises(TypeError, match="got a TraceState \\(a NamedTuple, such as an optax state\\)"):
+        save_params(tmp_path / "state.npz", optax.sgd(0.1, momentum=0.9).init({"w": jnp.ones(2)}))
+    with pytest.raises(TypeError, match="must be numeric arrays, got an array of Python objects of shape \\(2,\\)"):
+        save_params(tmp_path / "state.npz", {"w": np.array([1, "a"], dtype=object)})
+    assert not (tmp_path / "state.npz").exists()  # refused before anything is written
+
+
+def write_npz(path, structure, **arrays):
+    """An .npz as save_params lays it out, with a structure of our choosing."""
+    np.savez(path, **arrays, __structure__=np.asarray(json.dumps(structure)))
+    return path
+
+
+@pytest.mark.parametrize("structure, arrays, message", [
+    pytest.param({"leaf": [0, "float64"]}, {"leaf_0": np.ones(4, np.float32)},
+                 "leaf 0 is stored as float32, but the structure says float64", id="dtype-lies"),
+    pytest.param({"leaf": [0, "bfloat16"]}, {"leaf_0": np.ones(4, np.float32)},
+                 "leaf 0 is stored as float32, but the structure says bfloat16", id="raw-size-lies"),
+    pytest.param({"set": [{"leaf": [0, "float32"]}]}, {"leaf_0": np.ones(4, np.float32)},
+                 "the file's structure holds the unknown node \\{'set'", id="unknown-node"),
+    pytest.param({"leaf": [0, "float32", 7]}, {"leaf_0": np.ones(4, np.float32)},
+                 "malformed 'leaf' node", id="malformed-leaf"),
+    pytest.param({"list": [{"leaf": [0, "float32"]}, {"leaf": [1, "float32"]}]}, {"leaf_0": np.ones(4, np.float32)},
+                 "the structure names leaf 1, which the file does not hold", id="missing-leaf"),
+    pytest.param({"list": [{"leaf": [0, "float32"]}, {"leaf": [0, "float32"]}]}, {"leaf_0": np.ones(4, np.float32)},
+                 "names twice", id="leaf-twice"),
+    pytest.param({"leaf": [0, "float32"]}, {"leaf_0": np.ones(4, np.float32), "leaf_1": np.ones(1)},
+                 "holds arrays its structure does not place: \\['leaf_1'\\]", id="unused-array"),
+    pytest.param({"leaf": [0, "float3"]}, {"leaf_0": np.ones(4, np.float32)},
+                 "leaf 0 has the unknown dtype 'float3'", id="unknown-dtype"),
+])
+def test_load_params_refuses_what_save_params_did_not_write(tmp_path, structure, arrays, message):
+    with pytest.raises(ValueError, match=message):
+        load_params(write_npz(tmp_path / "bad.npz", structure, **arrays))
+
+
+def test_load_params_refuses_other_numpy_files(tmp_path):
+    np.save(tmp_path / "array.npy", np.ones(3))
+    with pytest.raises(ValueError, match="is not a file written by save_params .* got an .npy array"):
+        load_params(tmp_path / "array.npy")
+    np.savez(tmp_path / "plain.npz", w=np.ones(3))
+    with pytest.raises(ValueError, match="got an .npz without it"):
+        load_params(tmp_path / "plain.npz")
