@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.nn import initializers
 
 import purebp
@@ -45,6 +46,7 @@ def _layer(name: str, make_params: Callable, apply: Callable) -> Layer:
     """
 
     def init(key, input_shape):
+        _check_key(name, key)
         # The default float dtype (float64 under x64), which the initialisers also use.
         x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), jax.dtypes.canonicalize_dtype(jnp.float64))
         try:
@@ -77,11 +79,25 @@ def _describe(params) -> str:
 
 
 def _check_shape(name, input_shape):
-    if (not isinstance(input_shape, Sequence)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in input_shape)):
+    """``input_shape`` as a tuple of ints (NumPy integers too); an array gets told to pass its ``.shape``."""
+    if hasattr(input_shape, "shape") and hasattr(input_shape, "dtype"):  # the data itself: the flax habit
+        raise TypeError(f"{name}: `input_shape` must be a shape (batch dim included), got an array of shape "
+                        f"{tuple(input_shape.shape)}; pass its `.shape`.")
+    if (not isinstance(input_shape, Sequence) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0 for d in input_shape)):
         raise TypeError(f"{name}: `input_shape` must be a tuple of non-negative ints (batch dim included), "
                         f"got {input_shape!r}.")
-    return tuple(input_shape)
+    return tuple(int(d) for d in input_shape)
+
+
+def _check_key(name, key):
+    """A PRNG key: a typed key (``jax.random.key``) or a raw uint32 ``(2,)`` one (``jax.random.PRNGKey``)."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ()
+    raw = dtype == jnp.uint32 and shape == (2,)
+    if not (typed or raw):
+        raise TypeError(f"{name}: `key` must be a PRNG key, e.g. jax.random.PRNGKey(0) or jax.random.key(0), "
+                        f"got {type(key).__name__}{'' if shape is None else f' of shape {shape} and dtype {dtype}'}.")
 
 
 def _check_has_features(x):
@@ -197,6 +213,9 @@ def MLP(sizes: Sequence[int], activation: str = "sigmoid", output_activation: st
     ``sizes`` lists the widths after the input: ``MLP((64, 10))`` is one hidden layer of 64 and an
     output of 10, the input width coming from ``input_shape``.
     """
+    if not isinstance(sizes, Sequence):
+        raise TypeError(f"MLP: `sizes` must be a sequence of the layers' widths after the input, e.g. (64, 10), "
+                        f"got {sizes!r}.")
     sizes = tuple(_static.positive_int(size, f"sizes[{i}]") for i, size in enumerate(sizes))
     if not sizes:
         raise ValueError("`sizes` must list at least one layer width, got ().")
@@ -220,6 +239,7 @@ def serial(*layers: Layer) -> Layer:
         raise TypeError(f"serial takes one or more Layers, got {layers!r}.")
 
     def init(key, input_shape):
+        _check_key("serial", key)
         params = []
         for layer, layer_key in zip(layers, jax.random.split(key, len(layers))):
             input_shape, layer_params = layer.init(layer_key, input_shape)

@@ -259,8 +259,7 @@ def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True, dro
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
         raise ValueError(f"`arrays` must share their leading dim, got lengths {[len(a) for a in arrays]}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    batch_size = _positive_int(batch_size, "batch_size")
     n = lengths.pop()
     stop = n - n % batch_size if drop_remainder else n
     if mesh is not None:
@@ -277,6 +276,13 @@ def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True, dro
         if mesh is not None:  # every process holds the global batch and places its own rows of it
             batch = tuple(jax.make_array_from_process_local_data(sharding, a, a.shape) for a in batch)
         yield batch
+
+
+def _positive_int(value, name):
+    """``value`` as an int: a Python or NumPy integer (not a bool) of at least 1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return int(value)
 
 
 def _checked(mesh):
@@ -346,7 +352,7 @@ def evaluate(apply_fn: Callable, params, inputs, labels, *, loss_fn: Callable, b
     Raises:
       ValueError: if ``inputs`` is empty, or ``batch_axis`` names no axis of ``mesh``.
     """
-    count = len(inputs)
+    count, batch_size = len(inputs), _positive_int(batch_size, "batch_size")
     if count == 0:
         raise ValueError("`inputs` must hold at least one example, got none.")
     shards = 1
@@ -413,6 +419,11 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
       ``loss`` (the mean training loss), ``seconds``, ``examples_per_second`` and the metrics of
       ``evaluate_fn``.
     """
+    if hasattr(data, "shape") or not isinstance(data, Sequence) or not all(hasattr(a, "shape") for a in data):
+        got = f"an array of shape {data.shape}" if hasattr(data, "shape") else repr(type(data).__name__)
+        raise TypeError(f"`data` must be a tuple of arrays that share their leading dim, e.g. (x, y), got {got}; "
+                        f"pass (x, y).")
+    epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
     if len(data[0]) < batch_size:
         raise ValueError(f"`batch_size` ({batch_size}) must not exceed the {len(data[0])} examples of `data`.")
     optimizer = optax.sgd(learning_rate, momentum=0.9) if optimizer is None else optimizer

@@ -143,3 +143,19 @@ def test_apply_errors_name_the_layer_and_the_shape(rng):
     with pytest.raises(ValueError, match=r"serial layer 1: Dense\(3\) cannot take `x` of shape \(2, 6\): `x` must "
                                          r"have shape \[\.\.\., in\] with in = 20"):
         model.apply(params, jnp.ones((2, 2, 3)))
+
+
+def test_init_takes_numpy_shapes_and_names_the_habits_it_refuses():
+    """NumPy integers are ints; the data itself, a bad key and an int for MLP's sizes get plain messages."""
+    assert layers.Dense(3).init(KEY, (np.int64(4), np.int32(5)))[0] == (4, 3)
+    assert layers.MLP((np.int64(6), 2)).init(jax.random.key(0), (4, 5))[0] == (4, 2)
+    data = np.zeros((1797, 8, 8, 1))
+    with pytest.raises(TypeError, match=r"got an array of shape \(1797, 8, 8, 1\); pass its `.shape`") as raised:
+        layers.serial(layers.Flatten(), layers.Dense(3)).init(KEY, data)
+    assert len(str(raised.value)) < 200  # the array's values stay out of the message
+    with pytest.raises(TypeError, match=r"serial: `key` must be a PRNG key, .* got int"):
+        layers.serial(layers.Dense(3)).init(0, (4, 5))
+    with pytest.raises(TypeError, match=r"Dense\(3\): `key` must be a PRNG key, .* of shape \(3,\) and dtype uint32"):
+        layers.Dense(3).init(jnp.zeros(3, jnp.uint32), (4, 5))
+    with pytest.raises(TypeError, match=r"MLP: `sizes` must be a sequence of the layers' widths .* got 10"):
+        layers.MLP(10)

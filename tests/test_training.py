@@ -80,6 +80,22 @@ def test_batches_reject_bad_arguments():
         next(training.batches(None, (np.zeros(3),), 0))
 
 
+def test_training_takes_numpy_counts_and_names_the_habits_it_refuses(rng):
+    model, params, loss, x, y = toy_problem(rng)
+    assert [len(b[0]) for b in training.batches(None, (x[:10],), np.int64(4), shuffle=False)] == [4, 4, 2]
+    _, history = training.fit(loss, params, (x, y), key=jax.random.PRNGKey(0), epochs=np.int64(1),
+                              batch_size=np.int32(32), log=None)
+    assert len(history) == 1
+    with pytest.raises(TypeError, match=r"`data` must be a tuple of arrays .* got an array of shape \(256, 4\); "
+                                        r"pass \(x, y\)"):
+        training.fit(loss, params, x, key=jax.random.PRNGKey(0), epochs=1, batch_size=32, log=None)
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match=f"`batch_size` must be a positive int, got {bad!r}"):
+            training.fit(loss, params, (x, y), key=jax.random.PRNGKey(0), epochs=1, batch_size=bad, log=None)
+    with pytest.raises(ValueError, match="`inputs` must hold at least one example, got none"):
+        training.evaluate(model.apply, params, x[:0], y[:0], loss_fn=purebp.softmax_cross_entropy_with_integer_labels)
+
+
 def test_evaluate_counts_every_example(rng):
     outputs = jnp.asarray(rng.standard_normal((10, 3)), jnp.float32)
     labels = jnp.asarray([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
