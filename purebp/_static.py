@@ -17,13 +17,20 @@ Padding = str | tuple[tuple[int, int], ...]
 
 
 def check_floating(x, name: str) -> None:
-    """Raises TypeError unless ``x`` has a floating-point dtype."""
+    """Raises TypeError unless ``x`` is an array (or scalar) with a floating-point dtype.
+
+    A list or tuple is refused, as ``jax.numpy``'s functions refuse it, by name: its dtype and shape
+    are ambiguous until converted."""
+    if isinstance(x, (list, tuple)):
+        raise TypeError(f"`{name}` must be an array, got a {type(x).__name__}; convert it with jnp.asarray first.")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(f"`{name}` must have a floating-point dtype, got {jnp.result_type(x)}.")
 
 
 def check_integer(x, name: str) -> None:
-    """Raises TypeError unless ``x`` has an integer dtype."""
+    """Raises TypeError unless ``x`` is an array (or scalar) with an integer dtype; lists as ``check_floating``."""
+    if isinstance(x, (list, tuple)):
+        raise TypeError(f"`{name}` must be an array, got a {type(x).__name__}; convert it with jnp.asarray first.")
     if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
         raise TypeError(f"`{name}` must have an integer dtype, got {jnp.result_type(x)}.")
 

@@ -153,6 +153,8 @@ def _check_operands(x, w, b, kernel_layout):
     _static.check_floating(w, "w")
     n = _static.num_spatial_dims(x, "x")
     _static.check_ndim(w, "w", f"{kernel_layout} with {n} kernel dims, as `x` has {n} spatial dims", (n + 2,))
+    if not all(jnp.shape(w)[:n]):
+        raise ValueError(f"`w` must have a positive extent in each of its {n} kernel dims, got shape {jnp.shape(w)}.")
     if jnp.result_type(w) != jnp.result_type(x):
         raise TypeError(f"`w` must have the dtype of `x` ({jnp.result_type(x)}), got {jnp.result_type(w)}.")
     if b is not None:

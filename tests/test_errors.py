@@ -65,6 +65,15 @@ CASES = {
     "conv-x-rank": (lambda: purebp.conv(X2, W), ValueError, r"`x` must be \(N, \*spatial, C\) with 1, 2 or 3 spatial "
                     r"dims, got shape \(2, 3\)"),
     "conv-w-rank": (lambda: purebp.conv(IMG, jnp.ones((3, 3, 4))), ValueError, r"`w` must be .* got shape \(3, 3, 4\)"),
+    "conv-w-empty-kernel": (lambda: purebp.conv(IMG, jnp.ones((0, 3, 3, 4))), ValueError,
+                            r"`w` must have a positive extent in each of its 2 kernel dims, got shape \(0, 3, 3, 4\)"),
+    "conv_transpose-w-empty-kernel": (lambda: purebp.conv_transpose(IMG, jnp.ones((3, 0, 3, 4))), ValueError,
+                                      r"`w` must have a positive extent .* got shape \(3, 0, 3, 4\)"),
+    "sigmoid-list": (lambda: purebp.sigmoid([1.0, 2.0]), TypeError,
+                     r"`z` must be an array, got a list; convert it with jnp.asarray first"),
+    "dense-list": (lambda: purebp.dense([[1.0, 2.0, 3.0]], jnp.ones((3, 2))), TypeError, r"`x` must be an array, got a list"),
+    "integer_ce-tuple-labels": (lambda: purebp.softmax_cross_entropy_with_integer_labels(X2, (0, 1)), TypeError,
+                                r"`labels` must be an array, got a tuple"),
     "conv-channels": (lambda: purebp.conv(IMG, jnp.ones((3, 3, 2, 4))), ValueError, r"`w` must have shape "
                       r"\(\*kernel, 3, C_out\) for `x` with 3 channels .* got \(3, 3, 2, 4\)"),
     "conv-groups": (lambda: purebp.conv(IMG, jnp.ones((3, 3, 1, 4)), groups=2), ValueError,
