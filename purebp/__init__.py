@@ -10,8 +10,8 @@ from purebp.activations import relu
 from purebp.activations import sigmoid
 from purebp.activations import softmax
 from purebp.activations import tanh
-from purebp.conv import conv
-from purebp.conv import conv_transpose
+from purebp.convolution import conv
+from purebp.convolution import conv_transpose
 from purebp.linear import dense
 from purebp.linear import mlp
 from purebp.losses import binary_cross_entropy

@@ -29,3 +29,14 @@ def test_op_is_a_custom_vjp_with_a_twin(name):
     assert callable(getattr(reference, name))
     jaxpr = jax.make_jaxpr(lambda: op(*CALLS[name]))()  # static arguments stay Python values
     assert "custom_vjp_call" in str(jaxpr), f"{name} is not traced through a jax.custom_vjp"
+
+
+def test_no_public_function_shadows_a_module():
+    """``import purebp.<module> as m`` gives the module, and its functions are reachable through it."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(purebp.__path__):
+        imported = importlib.import_module(f"purebp.{module.name}")
+        assert getattr(purebp, module.name, imported) is imported, f"purebp.{module.name} is not the module"
+    assert purebp.convolution.conv_transpose is purebp.conv_transpose

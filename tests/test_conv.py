@@ -1,6 +1,5 @@
-"""Tests for purebp.conv: conv and conv_transpose against lax, their reference twins and each other."""
+"""Tests for purebp.convolution: conv and conv_transpose against lax, their reference twins and each other."""
 import doctest
-import importlib
 from functools import partial
 
 import jax
@@ -12,7 +11,7 @@ from jax import lax
 import purebp
 from purebp import reference, testing
 
-conv_module = importlib.import_module("purebp.conv")  # `purebp.conv` is the function
+from purebp import convolution as conv_module
 
 LAYOUT = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
