@@ -125,38 +125,70 @@ def Conv(features: int, kernel_size, stride=1, padding="SAME", dilation=1, group
          use_bias: bool = True, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
     """``purebp.conv`` with params ``{"w": (*kernel_size, C_in // groups, features), "b": [features]}``.
 
-    ``"b"`` is absent when ``use_bias`` is False. Options as ``purebp.conv``; ``kernel_size`` is an
-    int or one per spatial dim.
+    ``"b"`` is absent when ``use_bias`` is False. Options as ``purebp.conv``. The spatial rank is the
+    layer's: the first of ``kernel_size``, ``stride``, ``dilation``, ``padding`` given as a sequence
+    (one entry per spatial dim) fixes it, and with ints alone it is 2; an input of another rank is
+    refused. ``Conv(8, 3)`` takes ``(N, H, W, C)``, ``Conv(8, (3,))`` takes ``(N, W, C)``.
     """
     name = f"Conv({features}, {kernel_size})"
     features, groups = _static.positive_int(features, "features"), _static.positive_int(groups, "groups")
+    rank = _spatial_rank(kernel_size, stride, dilation, padding)
+    kernel = _static.spatial_tuple(kernel_size, rank, "kernel_size")
 
     def make_params(key, x):
-        kernel = _static.spatial_tuple(kernel_size, _static.num_spatial_dims(x), "kernel_size")
         return _kernel_and_bias(key, kernel + (x.shape[-1] // groups, features), use_bias, w_init, b_init)
 
     def apply(params, x):
         return purebp.conv(x, params["w"], params.get("b"), stride=stride, padding=padding, dilation=dilation,
                            groups=groups)
 
-    return _layer(name, make_params, apply)
+    return _layer(name, make_params, _of_rank(name, rank, apply))
 
 
 def ConvTranspose(features: int, kernel_size, stride=1, padding="SAME", dilation=1, use_bias: bool = True, *,
                   w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
-    """``purebp.conv_transpose`` with params ``{"w": (*kernel_size, C_in, features), "b": [features]}``."""
+    """``purebp.conv_transpose`` with params ``{"w": (*kernel_size, C_in, features), "b": [features]}``.
+
+    The spatial rank as ``Conv``'s: fixed by the first option given as a sequence, else 2.
+    """
     name = f"ConvTranspose({features}, {kernel_size})"
     features = _static.positive_int(features, "features")
+    rank = _spatial_rank(kernel_size, stride, dilation, padding)
+    kernel = _static.spatial_tuple(kernel_size, rank, "kernel_size")
 
     def make_params(key, x):
-        kernel = _static.spatial_tuple(kernel_size, _static.num_spatial_dims(x), "kernel_size")
         return _kernel_and_bias(key, kernel + (x.shape[-1], features), use_bias, w_init, b_init)
 
     def apply(params, x):
         return purebp.conv_transpose(x, params["w"], params.get("b"), stride=stride, padding=padding,
                                      dilation=dilation)
 
-    return _layer(name, make_params, apply)
+    return _layer(name, make_params, _of_rank(name, rank, apply))
+
+
+def _spatial_rank(*options) -> int:
+    """The spatial rank the first per-dimension option given as a sequence fixes (a kernel size, a
+    stride, explicit ``(lo, hi)`` pairs: one entry per spatial dim), 2 when every option is an int
+    or a padding name, as ``Conv2d``/``Conv2D``: the rank is the layer's, never the input's."""
+    for option in options:
+        if isinstance(option, Sequence) and not isinstance(option, str):
+            return len(option)
+    return 2
+
+
+def _of_rank(name: str, rank: int, apply: Callable) -> Callable:
+    """``apply``, refusing an input whose spatial rank is not ``rank`` with the layout it expects."""
+    layout = "(N, " + ", ".join("DHW"[3 - rank:]) + ", C)" if 1 <= rank <= 3 else f"(N, {rank} spatial dims, C)"
+
+    def checked(params, x):
+        if jnp.ndim(x) != rank + 2:
+            raise ValueError(f"{name} takes {rank}-D inputs {layout}, got `x` of shape {jnp.shape(x)}; give "
+                             f"the layer a tuple of {jnp.ndim(x) - 2} kernel/window sizes for another rank."
+                             if jnp.ndim(x) > 2 else
+                             f"{name} takes {rank}-D inputs {layout}, got `x` of shape {jnp.shape(x)}.")
+        return apply(params, x)
+
+    return checked
 
 
 def _kernel_and_bias(key, kernel_shape, use_bias, w_init, b_init):
@@ -168,21 +200,23 @@ def _kernel_and_bias(key, kernel_shape, use_bias, w_init, b_init):
 
 
 def MaxPool(window, stride=None, padding="VALID") -> Layer:
-    """``purebp.max_pool``; no params."""
-    return _layer(f"MaxPool({window})", _no_params,
-                  lambda params, x: purebp.max_pool(x, window, stride=stride, padding=padding))
+    """``purebp.max_pool``; no params. Its spatial rank as ``Conv``'s: ``MaxPool(2)`` is 2-D, ``MaxPool((2,))`` 1-D."""
+    name = f"MaxPool({window})"
+    return _layer(name, _no_params, _of_rank(name, _spatial_rank(window, stride, padding),
+                                             lambda params, x: purebp.max_pool(x, window, stride=stride, padding=padding)))
 
 
 def AvgPool(window, stride=None, padding="VALID", count_include_pad: bool = True) -> Layer:
-    """``purebp.avg_pool``; no params."""
-    return _layer(f"AvgPool({window})", _no_params,
-                  lambda params, x: purebp.avg_pool(x, window, stride=stride, padding=padding,
-                                                    count_include_pad=count_include_pad))
+    """``purebp.avg_pool``; no params. Its spatial rank as ``MaxPool``'s."""
+    name = f"AvgPool({window})"
+    return _layer(name, _no_params, _of_rank(name, _spatial_rank(window, stride, padding), lambda params, x: purebp.avg_pool(
+        x, window, stride=stride, padding=padding, count_include_pad=count_include_pad)))
 
 
 def ZeroPad(padding) -> Layer:
-    """``purebp.zero_pad`` of the spatial dims; no params."""
-    return _layer(f"ZeroPad({padding})", _no_params, lambda params, x: purebp.zero_pad(x, padding))
+    """``purebp.zero_pad`` of the spatial dims; no params. An int pads a 2-D input; one pair per dim fixes the rank."""
+    name = f"ZeroPad({padding})"
+    return _layer(name, _no_params, _of_rank(name, _spatial_rank(padding), lambda params, x: purebp.zero_pad(x, padding)))
 
 
 def Flatten() -> Layer:

@@ -12,13 +12,15 @@ KEY = jax.random.PRNGKey(0)
 # (layer, input shapes it must handle)
 LAYERS = {
     "Dense": (lambda: layers.Dense(7), [(4, 5), (2, 3, 5), (5,)]),
-    "Conv-1d": (lambda: layers.Conv(6, 3, stride=2), [(2, 9, 3), (1, 4, 2)]),
+    "Conv-1d": (lambda: layers.Conv(6, (3,), stride=2), [(2, 9, 3), (1, 4, 2)]),
+    "Conv-1d-from-stride": (lambda: layers.Conv(6, 3, stride=(2,)), [(2, 9, 3)]),
     "Conv-2d-valid-dilated": (lambda: layers.Conv(4, (3, 2), padding="VALID", dilation=(1, 2)), [(2, 7, 8, 3)]),
-    "Conv-3d-groups": (lambda: layers.Conv(4, 2, groups=2, use_bias=False), [(1, 3, 4, 5, 2)]),
+    "Conv-3d-groups": (lambda: layers.Conv(4, (2, 2, 2), groups=2, use_bias=False), [(1, 3, 4, 5, 2)]),
     "ConvTranspose-2d": (lambda: layers.ConvTranspose(5, 3, stride=2), [(2, 4, 5, 3), (1, 1, 1, 2)]),
-    "ConvTranspose-1d-valid": (lambda: layers.ConvTranspose(2, 4, stride=3, padding="VALID"), [(2, 5, 3)]),
+    "ConvTranspose-1d-valid": (lambda: layers.ConvTranspose(2, (4,), stride=3, padding="VALID"), [(2, 5, 3)]),
     "MaxPool": (lambda: layers.MaxPool(2), [(2, 8, 8, 3), (1, 7, 5, 2)]),
-    "MaxPool-overlap-same": (lambda: layers.MaxPool(3, stride=2, padding="SAME"), [(2, 7, 3), (1, 5, 6, 2)]),
+    "MaxPool-overlap-same": (lambda: layers.MaxPool(3, stride=2, padding="SAME"), [(2, 7, 4, 3), (1, 5, 6, 2)]),
+    "MaxPool-1d": (lambda: layers.MaxPool((3,), stride=2), [(2, 7, 3)]),
     "AvgPool": (lambda: layers.AvgPool((2, 1), padding=((1, 0), (0, 0)), count_include_pad=False), [(2, 5, 4, 3)]),
     "ZeroPad": (lambda: layers.ZeroPad(((1, 2), (0, 3))), [(2, 4, 5, 3)]),
     "Flatten": (lambda: layers.Flatten(), [(2, 3, 4, 5), (3, 2)]),
@@ -97,7 +99,7 @@ def test_mlp_layer_equals_serial_dense_layers(rng):
 
 @pytest.mark.parametrize("layer, shape, error, match", [
     pytest.param(layers.Conv(4, 3), (5, 3), ValueError, r"Conv\(4, 3\) cannot take input_shape \(5, 3\): "
-                 r"`x` must be \(N, \*spatial, C\)", id="conv-rank"),
+                 r"Conv\(4, 3\) takes 2-D inputs \(N, H, W, C\)", id="conv-rank"),
     pytest.param(layers.Conv(4, 3, groups=2), (2, 5, 5, 3), ValueError, r"Conv\(4, 3\) cannot take .*divisible by "
                  r"`groups`", id="conv-groups"),
     pytest.param(layers.Conv(4, 5, padding="VALID"), (2, 3, 3, 1), ValueError, r"larger than the padded input",
@@ -106,8 +108,8 @@ def test_mlp_layer_equals_serial_dense_layers(rng):
     pytest.param(layers.Dense(3), (), ValueError, r"Dense\(3\) cannot take input_shape \(\)", id="dense-scalar"),
     pytest.param(layers.Dense(3), (2, "5"), TypeError, r"Dense\(3\): `input_shape` must be a tuple of non-negative "
                  r"ints", id="bad-shape"),
-    pytest.param(layers.Conv(4, (3, 3, 3)), (2, 5, 5, 1), ValueError, r"`kernel_size` must be an int or a tuple of 2 "
-                 r"ints", id="kernel-size"),
+    pytest.param(layers.Conv(4, (3, 3, 3)), (2, 5, 5, 1), ValueError, r"takes 3-D inputs \(N, D, H, W, C\), got "
+                 r"`x` of shape \(2, 5, 5, 1\); give the layer a tuple of 2 kernel/window sizes", id="kernel-size"),
 ])
 def test_bad_input_shape_names_the_layer(layer, shape, error, match):
     with pytest.raises(error, match=match):
@@ -159,3 +161,25 @@ def test_init_takes_numpy_shapes_and_names_the_habits_it_refuses():
         layers.Dense(3).init(jnp.zeros(3, jnp.uint32), (4, 5))
     with pytest.raises(TypeError, match=r"MLP: `sizes` must be a sequence of the layers' widths .* got 10"):
         layers.MLP(10)
+
+
+@pytest.mark.parametrize("layer, good, bad, layout", [
+    pytest.param(layers.Conv(8, 3), (2, 8, 8, 1), (1797, 8, 8),
+                 r"2-D inputs \(N, H, W, C\), got `x` of shape \(1797, 8, 8\)", id="conv-images-without-channels"),
+    pytest.param(layers.Conv(8, (3,)), (2, 8, 1), (2, 8, 8, 1), r"1-D inputs \(N, W, C\)", id="conv-1d-given-2d"),
+    pytest.param(layers.MaxPool(2), (2, 8, 8, 3), (2, 8, 3), r"2-D inputs \(N, H, W, C\)", id="maxpool"),
+    pytest.param(layers.AvgPool((2, 2, 2)), (2, 4, 4, 4, 3), (2, 8, 8, 3), r"3-D inputs \(N, D, H, W, C\)",
+                 id="avgpool-3d"),
+    pytest.param(layers.ZeroPad(1), (2, 8, 8, 3), (2, 8, 3), r"2-D inputs", id="zeropad"),
+    pytest.param(layers.ConvTranspose(4, 3), (2, 8, 8, 3), (8, 8, 3), r"2-D inputs", id="conv-transpose-no-batch"),
+])
+def test_a_spatial_layer_fixes_its_rank(layer, good, bad, layout):
+    """The rank comes from the constructor, never the input: digits.images without [..., None] no longer
+    builds a 1-D convolution, nor does init without the batch dim; apply refuses it too."""
+    with pytest.raises(ValueError, match=layout):
+        layer.init(KEY, bad)
+    _, params = layer.init(KEY, good)
+    if params:  # the kernel's channels must fit, so the rank is what is refused
+        bad = bad[:-1] + good[-1:]
+    with pytest.raises(ValueError, match=layout.split(", got")[0]):
+        layer.apply(params, jnp.ones(bad))
