@@ -35,6 +35,14 @@ def check_integer(x, name: str) -> None:
         raise TypeError(f"`{name}` must have an integer dtype, got {jnp.result_type(x)}.")
 
 
+def check_dtype_of(a, a_name: str, like, like_name: str) -> None:
+    """Raises TypeError unless ``a`` has ``like``'s dtype: weights in their input's, as lax's convolution
+    demands, rather than a silent promotion of one operand."""
+    if jnp.result_type(a) != jnp.result_type(like):
+        raise TypeError(f"`{a_name}` must have the dtype of `{like_name}` ({jnp.result_type(like)}), got "
+                        f"{jnp.result_type(a)}.")
+
+
 def check_same_shape(a, a_name: str, b, b_name: str) -> None:
     """Raises ValueError unless ``a`` and ``b`` have equal shapes (no broadcasting)."""
     if jnp.shape(a) != jnp.shape(b):

@@ -155,14 +155,12 @@ def _check_operands(x, w, b, kernel_layout):
     _static.check_ndim(w, "w", f"{kernel_layout} with {n} kernel dims, as `x` has {n} spatial dims", (n + 2,))
     if not all(jnp.shape(w)[:n]):
         raise ValueError(f"`w` must have a positive extent in each of its {n} kernel dims, got shape {jnp.shape(w)}.")
-    if jnp.result_type(w) != jnp.result_type(x):
-        raise TypeError(f"`w` must have the dtype of `x` ({jnp.result_type(x)}), got {jnp.result_type(w)}.")
+    _static.check_dtype_of(w, "w", x, "x")
     if b is not None:
         _static.check_floating(b, "b")
         if jnp.shape(b) != jnp.shape(w)[-1:]:
             raise ValueError(f"`b` must have shape {jnp.shape(w)[-1:]} (C_out of `w`), got {jnp.shape(b)}.")
-        if jnp.result_type(b) != jnp.result_type(x):
-            raise TypeError(f"`b` must have the dtype of `x` ({jnp.result_type(x)}), got {jnp.result_type(b)}.")
+        _static.check_dtype_of(b, "b", x, "x")
     return n
 
 

@@ -14,7 +14,9 @@ Layouts are the ops': dense ``x[..., in] @ w[in, out]``, convolutions channels-l
 ``(N, *spatial, C)`` with kernels ``(*kernel, C_in // groups, C_out)``. Weights default to LeCun
 normal (``jax.nn.initializers.lecun_normal``, flax's default: variance 1 / fan_in) and biases to
 zeros; pass ``w_init``/``b_init`` (any ``jax.nn.initializers`` function) to override, e.g.
-``he_normal()`` for relu networks or ``glorot_uniform()`` for sigmoid and tanh ones.
+``he_normal()`` for relu networks or ``glorot_uniform()`` for sigmoid and tanh ones. Params are
+float32 (``param_dtype=jnp.float32``, flax's default) with or without x64: the ops take weights of
+their input's dtype, so pass ``param_dtype`` for data of another.
 """
 from __future__ import annotations
 
@@ -38,17 +40,16 @@ class Layer(NamedTuple):
     apply: Callable
 
 
-def _layer(name: str, make_params: Callable, apply: Callable) -> Layer:
+def _layer(name: str, make_params: Callable, apply: Callable, dtype=jnp.float32) -> Layer:
     """A Layer whose init makes params with ``make_params(key, x)`` and infers the output shape.
 
-    ``x`` is the abstract input (a ``jax.ShapeDtypeStruct``), so ``make_params`` can validate it
-    with the ops' own checks before reading its shape.
+    ``x`` is the abstract input (a ``jax.ShapeDtypeStruct`` of the params' ``dtype``), so
+    ``make_params`` can validate it with the ops' own checks before reading its shape.
     """
 
     def init(key, input_shape):
         _check_key(name, key)
-        # The default float dtype (float64 under x64), which the initialisers also use.
-        x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), jax.dtypes.canonicalize_dtype(jnp.float64))
+        x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), dtype)
         try:
             params = make_params(key, x)
             output = jax.eval_shape(apply, params, x)
@@ -105,24 +106,36 @@ def _check_has_features(x):
     _static.check_ndim(x, "x", "[..., in] with at least one dim", range(1, x.ndim + 1))
 
 
+def _param_dtype(param_dtype):
+    """The params' dtype, a floating one: float32 by default, as flax's ``param_dtype``, whether or
+    not x64 is on, so that a model initialised for float32 data takes float32 data."""
+    if not jnp.issubdtype(param_dtype, jnp.floating):
+        raise TypeError(f"`param_dtype` must be a floating-point dtype, got {param_dtype!r}.")
+    return jnp.dtype(param_dtype)
+
+
 def _no_params(key, x):
     return {}
 
 
-def Dense(features: int, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
-    """``purebp.dense`` with params ``{"w": [in, features], "b": [features]}``."""
-    features = _static.positive_int(features, "features")
+def Dense(features: int, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros,
+          param_dtype=jnp.float32) -> Layer:
+    """``purebp.dense`` with params ``{"w": [in, features], "b": [features]}`` in ``param_dtype``."""
+    features, param_dtype = _static.positive_int(features, "features"), _param_dtype(param_dtype)
 
     def make_params(key, x):
         _check_has_features(x)
         w_key, b_key = jax.random.split(key)
-        return {"w": w_init(w_key, (x.shape[-1], features)), "b": b_init(b_key, (features,))}
+        return {"w": w_init(w_key, (x.shape[-1], features), param_dtype),
+                "b": b_init(b_key, (features,), param_dtype)}
 
-    return _layer(f"Dense({features})", make_params, lambda params, x: purebp.dense(x, params["w"], params["b"]))
+    return _layer(f"Dense({features})", make_params, lambda params, x: purebp.dense(x, params["w"], params["b"]),
+                  param_dtype)
 
 
 def Conv(features: int, kernel_size, stride=1, padding="SAME", dilation=1, groups: int = 1,
-         use_bias: bool = True, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
+         use_bias: bool = True, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros,
+         param_dtype=jnp.float32) -> Layer:
     """``purebp.conv`` with params ``{"w": (*kernel_size, C_in // groups, features), "b": [features]}``.
 
     ``"b"`` is absent when ``use_bias`` is False. Options as ``purebp.conv``. The spatial rank is the
@@ -132,38 +145,40 @@ def Conv(features: int, kernel_size, stride=1, padding="SAME", dilation=1, group
     """
     name = f"Conv({features}, {kernel_size})"
     features, groups = _static.positive_int(features, "features"), _static.positive_int(groups, "groups")
+    param_dtype = _param_dtype(param_dtype)
     rank = _spatial_rank(kernel_size, stride, dilation, padding)
     kernel = _static.spatial_tuple(kernel_size, rank, "kernel_size")
 
     def make_params(key, x):
-        return _kernel_and_bias(key, kernel + (x.shape[-1] // groups, features), use_bias, w_init, b_init)
+        return _kernel_and_bias(key, kernel + (x.shape[-1] // groups, features), use_bias, w_init, b_init,
+                                param_dtype)
 
     def apply(params, x):
         return purebp.conv(x, params["w"], params.get("b"), stride=stride, padding=padding, dilation=dilation,
                            groups=groups)
 
-    return _layer(name, make_params, _of_rank(name, rank, apply))
+    return _layer(name, make_params, _of_rank(name, rank, apply), param_dtype)
 
 
 def ConvTranspose(features: int, kernel_size, stride=1, padding="SAME", dilation=1, use_bias: bool = True, *,
-                  w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
+                  w_init=initializers.lecun_normal(), b_init=initializers.zeros, param_dtype=jnp.float32) -> Layer:
     """``purebp.conv_transpose`` with params ``{"w": (*kernel_size, C_in, features), "b": [features]}``.
 
     The spatial rank as ``Conv``'s: fixed by the first option given as a sequence, else 2.
     """
     name = f"ConvTranspose({features}, {kernel_size})"
-    features = _static.positive_int(features, "features")
+    features, param_dtype = _static.positive_int(features, "features"), _param_dtype(param_dtype)
     rank = _spatial_rank(kernel_size, stride, dilation, padding)
     kernel = _static.spatial_tuple(kernel_size, rank, "kernel_size")
 
     def make_params(key, x):
-        return _kernel_and_bias(key, kernel + (x.shape[-1], features), use_bias, w_init, b_init)
+        return _kernel_and_bias(key, kernel + (x.shape[-1], features), use_bias, w_init, b_init, param_dtype)
 
     def apply(params, x):
         return purebp.conv_transpose(x, params["w"], params.get("b"), stride=stride, padding=padding,
                                      dilation=dilation)
 
-    return _layer(name, make_params, _of_rank(name, rank, apply))
+    return _layer(name, make_params, _of_rank(name, rank, apply), param_dtype)
 
 
 def _spatial_rank(*options) -> int:
@@ -191,11 +206,11 @@ def _of_rank(name: str, rank: int, apply: Callable) -> Callable:
     return checked
 
 
-def _kernel_and_bias(key, kernel_shape, use_bias, w_init, b_init):
+def _kernel_and_bias(key, kernel_shape, use_bias, w_init, b_init, dtype):
     w_key, b_key = jax.random.split(key)
-    params = {"w": w_init(w_key, kernel_shape)}
+    params = {"w": w_init(w_key, kernel_shape, dtype)}
     if use_bias:
-        params["b"] = b_init(b_key, kernel_shape[-1:])
+        params["b"] = b_init(b_key, kernel_shape[-1:], dtype)
     return params
 
 
@@ -241,7 +256,7 @@ LogSoftmax = _activation("LogSoftmax", purebp.log_softmax)
 
 
 def MLP(sizes: Sequence[int], activation: str = "sigmoid", output_activation: str = "identity", *,
-        w_init=initializers.lecun_normal(), b_init=initializers.zeros) -> Layer:
+        w_init=initializers.lecun_normal(), b_init=initializers.zeros, param_dtype=jnp.float32) -> Layer:
     """``purebp.mlp``, the whole network as one VJP; params are a list of ``{"w", "b"}``.
 
     ``sizes`` lists the widths after the input: ``MLP((64, 10))`` is one hidden layer of 64 and an
@@ -251,6 +266,7 @@ def MLP(sizes: Sequence[int], activation: str = "sigmoid", output_activation: st
         raise TypeError(f"MLP: `sizes` must be a sequence of the layers' widths after the input, e.g. (64, 10), "
                         f"got {sizes!r}.")
     sizes = tuple(_static.positive_int(size, f"sizes[{i}]") for i, size in enumerate(sizes))
+    param_dtype = _param_dtype(param_dtype)
     if not sizes:
         raise ValueError("`sizes` must list at least one layer width, got ().")
 
@@ -258,13 +274,13 @@ def MLP(sizes: Sequence[int], activation: str = "sigmoid", output_activation: st
         _check_has_features(x)
         widths = (x.shape[-1],) + sizes
         keys = jax.random.split(key, 2 * len(sizes))
-        return [{"w": w_init(keys[2 * l], (m, n)), "b": b_init(keys[2 * l + 1], (n,))}
+        return [{"w": w_init(keys[2 * l], (m, n), param_dtype), "b": b_init(keys[2 * l + 1], (n,), param_dtype)}
                 for l, (m, n) in enumerate(zip(widths[:-1], widths[1:]))]
 
     def apply(params, x):
         return purebp.mlp(params, x, activation=activation, output_activation=output_activation)
 
-    return _layer(f"MLP({sizes})", make_params, apply)
+    return _layer(f"MLP({sizes})", make_params, apply, param_dtype)
 
 
 def serial(*layers: Layer) -> Layer:

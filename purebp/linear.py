@@ -23,14 +23,15 @@ def dense(x, w, b=None):
 
     Args:
       x: floating array ``[..., in]``.
-      w: floating array ``[in, out]``.
-      b: optional floating array ``[out]``.
+      w: ``[in, out]`` in ``x``'s dtype (as ``conv``'s kernel: for mixed precision, cast float32
+        weights with ``w.astype(x.dtype)``, whose VJP returns their cotangent in float32).
+      b: optional ``[out]`` in ``x``'s dtype.
 
     Returns:
-      ``[..., out]``, in the dtype of ``x @ w``.
+      ``[..., out]`` in ``x``'s dtype.
 
     Raises:
-      TypeError: if an argument is not floating.
+      TypeError: if an argument is not floating or ``w``, ``b`` are not in ``x``'s dtype.
       ValueError: if the shapes do not chain.
 
     >>> dense(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(4)).shape
@@ -39,13 +40,16 @@ def dense(x, w, b=None):
     Derivation: docs/derivations/dense.md.
     """
     _static.check_floating(x, "x")
-    _check_dense_args(jnp.shape(x), w, b, "x", "w", "b")
+    _check_dense_args(x, jnp.shape(x), w, b, "x", "w", "b")
     return _dense(_types.of(b), x, w, b)
 
 
-def _check_dense_args(x_shape, w, b, x_name, w_name, b_name):
-    """Checks that x (of shape ``x_shape``), w and b chain as ``x @ w + b``."""
+def _check_dense_args(x, x_shape, w, b, x_name, w_name, b_name):
+    """Checks that x (of shape ``x_shape``), w and b chain as ``x @ w + b``, all in x's dtype (as conv's)."""
     _static.check_floating(w, w_name)
+    _static.check_dtype_of(w, w_name, x, x_name)
+    if b is not None:
+        _static.check_dtype_of(b, b_name, x, x_name)
     _static.check_ndim(w, w_name, "a matrix [in, out]", (2,))
     if not x_shape or x_shape[-1] != jnp.shape(w)[0]:
         raise ValueError(
@@ -139,7 +143,7 @@ def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "ide
             raise ValueError(f"`params[{l}]` must be a dict with keys 'w' and 'b', got {layer!r}.")
         if layer["b"] is None:  # dense may go without a bias; every mlp layer has one
             raise ValueError(f"`params[{l}]['b']` must be an array of shape {jnp.shape(layer['w'])[1:]}, got None.")
-        _check_dense_args(shape, layer["w"], layer["b"], name, f"params[{l}]['w']", f"params[{l}]['b']")
+        _check_dense_args(x, shape, layer["w"], layer["b"], name, f"params[{l}]['w']", f"params[{l}]['b']")
         shape, name = shape[:-1] + jnp.shape(layer["w"])[1:], f"layer {l}'s output"
     bias_types = tuple(_types.of(layer["b"]) for layer in params)
     return _mlp(activation, output_activation, bias_types, list(params), x)

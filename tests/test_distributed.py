@@ -138,7 +138,7 @@ def mlp_problem(dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 16)).astype(dtype)
     y = (np.abs(x[:, :5]).argmax(1) * 2 + (x[:, 5] > 0)).astype(np.int32)
-    return layers.MLP((32, 10), activation="sigmoid"), x, y
+    return layers.MLP((32, 10), activation="sigmoid", param_dtype=dtype), x, y
 
 
 def cnn_problem(dtype):
@@ -146,8 +146,9 @@ def cnn_problem(dtype):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(64, 8, 8, 1)).astype(dtype)
     y = (x[:, :4, :4].mean((1, 2, 3)) * 10 % 10).astype(np.int32)
-    model = layers.serial(layers.ZeroPad(1), layers.Conv(6, 3, padding="VALID"), layers.Relu(), layers.MaxPool(2),
-                          layers.Conv(8, 3), layers.Relu(), layers.AvgPool(2), layers.Flatten(), layers.Dense(10))
+    model = layers.serial(layers.ZeroPad(1), layers.Conv(6, 3, padding="VALID", param_dtype=dtype), layers.Relu(),
+                          layers.MaxPool(2), layers.Conv(8, 3, param_dtype=dtype), layers.Relu(), layers.AvgPool(2),
+                          layers.Flatten(), layers.Dense(10, param_dtype=dtype))
     return model, x, y
 
 

@@ -183,3 +183,20 @@ def test_a_spatial_layer_fixes_its_rank(layer, good, bad, layout):
         bad = bad[:-1] + good[-1:]
     with pytest.raises(ValueError, match=layout.split(", got")[0]):
         layer.apply(params, jnp.ones(bad))
+
+
+def test_params_are_float32_unless_asked_even_under_x64(x64):
+    """A model initialised with x64 on takes the float32 data its docs feed it; param_dtype asks for another."""
+    model = layers.serial(layers.Conv(4, 3, w_init=jax.nn.initializers.he_normal()), layers.Relu(), layers.Flatten(),
+                          layers.Dense(3), layers.MLP((5, 2)))
+    _, params = model.init(KEY, (2, 6, 6, 1))
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float32)}
+    assert model.apply(params, jnp.ones((2, 6, 6, 1), jnp.float32)).dtype == jnp.float32
+    wide = layers.serial(layers.Conv(4, 3, param_dtype=jnp.float64), layers.Flatten(), layers.Dense(3, param_dtype=jnp.float64))
+    _, params = wide.init(KEY, (2, 6, 6, 1))
+    assert wide.apply(params, jnp.ones((2, 6, 6, 1), jnp.float64)).dtype == jnp.float64
+    with pytest.raises(TypeError, match=r"serial layer 0: Conv\(4, 3\) cannot take `x` of shape \(2, 6, 6, 1\): `w` "
+                                        r"must have the dtype of `x` \(float32\), got float64"):
+        wide.apply(params, jnp.ones((2, 6, 6, 1), jnp.float32))
+    with pytest.raises(TypeError, match="`param_dtype` must be a floating-point dtype, got <class 'jax.numpy.int32'>"):
+        layers.Dense(3, param_dtype=jnp.int32)

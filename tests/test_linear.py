@@ -50,9 +50,16 @@ def test_dense_half_precision_keeps_dtype(rng):
     assert y.dtype == jnp.bfloat16 and all(ct.dtype == jnp.bfloat16 for ct in vjp(jnp.ones_like(y)))
 
 
-def test_dense_mixed_dtypes_give_cotangents_in_each_primal_dtype(rng):
+def test_dense_takes_weights_in_its_input_dtype_as_conv_does(rng):
+    """No silent promotion: mixed precision casts the float32 weights itself, and their cotangents come
+    back in float32 through the cast."""
     x, w, b = normal(rng, (4, 5), jnp.bfloat16), normal(rng, (5, 3), np.float32), normal(rng, (3,), np.float32)
-    y, vjp = jax.vjp(purebp.dense, x, w, b)
+    with pytest.raises(TypeError, match=r"`w` must have the dtype of `x` \(bfloat16\), got float32"):
+        purebp.dense(x, w, b)
+    with pytest.raises(TypeError, match=r"`b` must have the dtype of `x` \(bfloat16\), got float32"):
+        purebp.dense(x, w.astype(jnp.bfloat16), b)
+    y, vjp = jax.vjp(lambda x, w, b: purebp.dense(x, w.astype(x.dtype), b.astype(x.dtype)), x, w, b)
+    assert y.dtype == jnp.bfloat16
     assert [ct.dtype for ct in vjp(jnp.ones_like(y))] == [jnp.bfloat16, np.float32, np.float32]
 
 
