@@ -1,14 +1,18 @@
 """The benchmark page: results, the issue's targets, and markdown.
 
-The page has a fixed header (systems, method, how to run) and one section per JAX backend
-(``cpu``, ``gpu``, ...) between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers: a run
-replaces its own backend's section and keeps the others, so the CPU and GPU measurements, taken on
-different machines, share one page.
+The page has a fixed header (systems, method, how to run) and named sections between
+``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers: one per JAX backend (``cpu``, ``gpu``,
+...) and ``SHARDED``, the CNN step on 8 simulated CPU devices. A run replaces the sections it
+measured and keeps the others, so the CPU and GPU measurements, taken on different machines, share
+one page, and ``--only cnn_sharded`` leaves the single-device tables as they are.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+import jax
+import numpy as np
 
 from benchmarks.timing import Stats
 
@@ -19,6 +23,8 @@ TORCH_LAYOUTS = {"NCHW": "PyTorch", "channels-last": "PyTorch channels-last"}
 TORCH = tuple(TORCH_LAYOUTS.values())
 PYTORCH_BEST = "PyTorch best"  # the faster of TORCH, for ratios
 STEP, MATMUL, BACKWARD, FWD_BWD = "step", "matmul", "backward", "fwd+bwd"
+SHARDED = "cnn_sharded"  # the 8-simulated-device CNN step: its --only name and its page section
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 MISSING = "—"
 
 
@@ -33,6 +39,16 @@ class Check:
     @property
     def ok(self) -> bool:
         return self.difference <= self.tolerance
+
+
+def relative_difference(actual, expected) -> float:
+    """max over leaves of max |actual − expected| / max |expected|: differences at the leaf's own scale."""
+    worst = 0.0
+    for got, want in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected), strict=True):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        scale = np.max(np.abs(want), initial=0.0) or 1.0
+        worst = max(worst, float(np.max(np.abs(got - want), initial=0.0)) / scale)
+    return worst
 
 
 @dataclass
@@ -64,12 +80,28 @@ class Result:
         return mine / theirs if mine is not None and theirs else None
 
 
+@dataclass(frozen=True)
+class ShardedResult:
+    """The CNN step on simulated devices (``benchmarks.sharded``), four steps: "purebp, Auto" and so on.
+
+    ``collectives`` maps each step to {collective: count in its compiled program}; ``ratios`` and
+    ``checks`` map each pair of steps compared, e.g. "purebp / autodiff, Auto", to the Stats of its
+    per-repeat time ratio and to the Check of its loss and updates.
+    """
+
+    label: str
+    devices: str  # as the environment's "JAX device" line
+    collectives: dict
+    ratios: dict
+    checks: dict
+
+
 HEADER = """\
 # Benchmarks
 
 Written by the benchmark runner, `python -m benchmarks` (the package `benchmarks/`): re-run it
-rather than editing this page. A run replaces its own JAX backend's section below (CPU, GPU) and
-keeps the others.
+rather than editing this page. A run replaces the sections it measured below (its JAX backend's,
+CPU or GPU; on CPU also the one of 8 simulated devices) and keeps the others.
 
 Which formulation each backward rule uses, and for every missed target the profile that explains it
 and what was tried: [performance.md](performance.md).
@@ -112,40 +144,40 @@ pip install -e ".[bench]"        # torch==2.13.0; from PyPI on Linux that is the
 python -m benchmarks             # CPU: purebp, autodiff and PyTorch; writes docs/benchmarks.md
 python -m benchmarks --gpu       # where JAX sees a GPU (jax[cuda]): purebp and autodiff, no PyTorch
 python -m benchmarks --only cnn conv_second --repeats 50 --output /tmp/benchmarks.md
+python -m benchmarks --only cnn_sharded --repeats 240   # only the CNN step on 8 simulated devices
 python -m benchmarks --tiny      # a smoke run on tiny sizes: prints the tables, writes nothing
 ```
 """
 
 _SECTION = re.compile(r"<!-- BEGIN (\w+) -->\n.*?<!-- END \1 -->\n", re.DOTALL)
-_TITLES = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU"}
+_TITLES = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU",
+           SHARDED: "CPU, 8 simulated devices: Auto and Explicit mesh axes"}
+# The sections every page shows, in this order, with how to fill each; any other comes after them.
+_HOW_TO_MEASURE = {
+    "cpu": "run `python -m benchmarks` on a machine where JAX's default backend is the CPU",
+    SHARDED: f"run `python -m benchmarks --only {SHARDED}` (or all of `python -m benchmarks` on CPU)",
+    "gpu": "run `python -m benchmarks --gpu` on a machine where JAX's default backend is the GPU",
+}
 
 
-def page(backend: str, section: str, existing: str = "") -> str:
-    """The whole page: the header, ``section`` for ``backend``, and the other backends' sections of ``existing``."""
-    sections = {match.group(1): match.group(0) for match in _SECTION.finditer(existing)}
-    for placeholder in ("cpu", "gpu"):
-        sections.setdefault(placeholder, _wrap(placeholder, _not_measured(placeholder)))
-    sections[backend] = _wrap(backend, section)
-    return HEADER + "".join("\n" + text for text in sections.values())
+def page(sections: dict[str, str], existing: str = "") -> str:
+    """The whole page: the header, ``sections`` ({name: markdown}), and the other sections of ``existing``."""
+    kept = {match.group(1): match.group(0) for match in _SECTION.finditer(existing)}
+    for name, how in _HOW_TO_MEASURE.items():
+        kept.setdefault(name, _wrap(name, f"## {_TITLES[name]}\n\nNot measured yet: {how}."))
+    kept.update({name: _wrap(name, body) for name, body in sections.items()})
+    order = list(_HOW_TO_MEASURE)
+    names = sorted(kept, key=lambda name: order.index(name) if name in order else len(order))
+    return HEADER + "".join("\n" + kept[name] for name in names)
 
 
-def _wrap(backend, body):
-    return f"<!-- BEGIN {backend} -->\n{body.rstrip()}\n<!-- END {backend} -->\n"
-
-
-def _not_measured(backend):
-    flag = " --gpu" if backend == "gpu" else ""
-    return (f"## {_TITLES[backend]}\n\nNot measured yet: run `python -m benchmarks{flag}` on a machine "
-            f"where JAX's default backend is the {_TITLES[backend]}.")
+def _wrap(name, body):
+    return f"<!-- BEGIN {name} -->\n{body.rstrip()}\n<!-- END {name} -->\n"
 
 
 def section(backend: str, results: dict, environment: dict, *, tiny: bool) -> str:
     """One backend's measurements: where and how they were taken, then the tables."""
-    title = _TITLES.get(backend, backend)
-    if tiny:
-        title += " (tiny sizes: a smoke run, not a measurement)"
-    lines = [f"## {title}", ""]
-    lines += [f"- {name}: {value}" for name, value in environment.items()]
+    lines = _heading(_TITLES.get(backend, backend), environment, tiny)
     tables = [
         ("Targets", _targets_table(results)),
         ("Training steps", _steps_table(results)),
@@ -160,6 +192,40 @@ def section(backend: str, results: dict, environment: dict, *, tiny: bool) -> st
     return "\n".join(lines) + "\n"
 
 
+_SHARDED_METHOD = """\
+The CNN step of the CPU section ({label}) as `make_train_step(loss, optax.sgd(0.01, momentum=0.9),
+mesh=mesh)`, `mesh = jax.make_mesh((8,), ("batch",), axis_types=(AxisType.Auto,))` or
+`(AxisType.Explicit,)`: the batch split over the 8 devices, params and optimizer state replicated,
+for purebp and for autodiff. The devices are simulated (`--xla_force_host_platform_device_count=8`,
+in a process of their own) and share the machine's cores, so their times say nothing about 8 real
+devices: only ratios are reported (and the load average at the end counts the devices' own threads:
+the one at the start says how busy the machine was). The four steps are timed interleaved; each
+ratio is the median (10th-90th percentiles) of the per-repeat ratios, a repeat calling every step
+once. *Check* is the largest relative difference of the two steps' loss and parameter updates (the
+run fails above {tolerance}). *Collectives* are the ops of each kind in
+`step.lower(params, opt_state, *batch).compile().as_text()` (an async pair counts once)."""
+
+
+def sharded_section(result: ShardedResult, environment: dict, *, tiny: bool) -> str:
+    """The CNN step on simulated devices: what was run, the time ratios with their checks, the collectives."""
+    tolerance = max(check.tolerance for check in result.checks.values())
+    method = _SHARDED_METHOD.format(label=result.label,
+                                    tolerance=np.format_float_scientific(tolerance, trim="-", exp_digits=1))
+    ratio_rows = [[pair, _ratio(stats), _check(result.checks[pair])] for pair, stats in result.ratios.items()]
+    collective_rows = [[step, *(str(counts[op]) for op in COLLECTIVES)]
+                       for step, counts in result.collectives.items()]
+    lines = [*_heading(_TITLES[SHARDED], environment, tiny), "", method]
+    lines += ["", "### Time ratios", "", *_table(["ratio", "median (p10–p90)", "check"], ratio_rows)]
+    lines += ["", "### Collectives", "", *_table(["step", *COLLECTIVES], collective_rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _heading(title, environment, tiny):
+    if tiny:
+        title += " (tiny sizes: a smoke run, not a measurement)"
+    return [f"## {title}", "", *(f"- {name}: {value}" for name, value in environment.items())]
+
+
 def _table(header, rows):
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(row) + " |" for row in rows)]
@@ -167,6 +233,14 @@ def _table(header, rows):
 
 def _ms(stats: Stats | None) -> str:
     return MISSING if stats is None else f"{stats.median:.3g} ({stats.p10:.3g}–{stats.p90:.3g})"
+
+
+def _ratio(stats: Stats) -> str:
+    return f"{stats.median:.3g}× ({stats.p10:.3g}–{stats.p90:.3g})"
+
+
+def _check(check: Check) -> str:
+    return f"{'ok' if check.ok else 'FAILED'}: {check.difference:.1e}"
 
 
 def _times(value, suffix="×") -> str:

@@ -3,8 +3,10 @@
 For each workload of ``benchmarks.workloads`` it builds the purebp and autodiff versions (and,
 on CPU with torch installed, the PyTorch ones), checks once that purebp and autodiff compute the
 same thing, measures compile times and residual bytes, times all systems interleaved, and writes
-``docs/benchmarks.md`` (``benchmarks.report``). Timings are never asserted: the runner is run by
-hand; ``tests/test_benchmarks.py`` runs it on tiny sizes.
+``docs/benchmarks.md`` (``benchmarks.report``). On CPU it also runs ``benchmarks.sharded``, the CNN
+step on 8 simulated devices under Auto and Explicit mesh axes, in a process of its own, into a
+section of its own. Timings are never asserted: the runner is run by hand;
+``tests/test_benchmarks.py`` runs it on tiny sizes.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ import jaxlib
 import numpy as np
 import optax
 
-from benchmarks import report, workloads
-from benchmarks.report import AUTODIFF, BACKWARD, FWD_BWD, JAX, MATMUL, PUREBP, STEP, Check, Result
+from benchmarks import report, sharded, workloads
+from benchmarks.report import (AUTODIFF, BACKWARD, FWD_BWD, JAX, MATMUL, PUREBP, SHARDED, STEP, Check, Result,
+                               relative_difference)
 from benchmarks.timing import compile_seconds, time_interleaved
 from purebp.testing import residual_bytes
 from purebp.training import make_train_step
@@ -45,8 +48,9 @@ def parse_args(argv):
                         help="timed calls per system (default 30; 3 with --tiny)")
     parser.add_argument("--warmup", type=_non_negative_int, default=None, metavar="N",
                         help="untimed calls per system first (default 5; 1 with --tiny)")
-    parser.add_argument("--only", nargs="+", choices=workloads.NAMES, metavar="NAME",
-                        help=f"run only these workloads, of: {', '.join(workloads.NAMES)}")
+    parser.add_argument("--only", nargs="+", choices=(*workloads.NAMES, SHARDED), metavar="NAME",
+                        help=f"run only these workloads, of: {', '.join(workloads.NAMES)}, and {SHARDED} "
+                             "(the CNN step on 8 simulated CPU devices, which a run without --only includes on CPU)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes, for a smoke run; writes no page unless --output is given")
     parser.add_argument("--gpu", action="store_true",
@@ -82,9 +86,31 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     backend = jax.default_backend()
+    # The simulated devices are CPU devices: a GPU run leaves their section to a CPU run unless asked.
+    names = args.only or (*workloads.NAMES, *((SHARDED,) if backend == "cpu" else ()))
+    sections, failed = {}, []
+    if set(names) & set(workloads.NAMES):
+        sections[backend], failed = _single_device(argv, args, backend, names)
+    if SHARDED in names:
+        sections[SHARDED], sharded_failed = _sharded(argv, args)
+        failed += sharded_failed
+    for text in sections.values():
+        print(text)
+    output = args.output or (None if args.tiny else DEFAULT_OUTPUT)
+    if output:
+        existing = output.read_text() if output.exists() else ""
+        output.write_text(report.page(sections, existing))
+        print(f"written to {output}", file=sys.stderr)
+    if failed:
+        print(f"sanity checks FAILED: {'; '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _single_device(argv, args, backend, names):
+    """The backend's section for the workloads of ``names``, and the sanity checks that failed."""
     torch_eager = _torch_eager(backend)
     sizes = workloads.TINY if args.tiny else workloads.FULL
-    chosen = [w for w in workloads.all_workloads(sizes) if not args.only or w.name in args.only]
+    chosen = [w for w in workloads.all_workloads(sizes) if w.name in names]
     tolerance = CPU_TOLERANCE if backend == "cpu" else ACCELERATOR_TOLERANCE
     load_before = _load_average()
     results = {}
@@ -92,17 +118,21 @@ def main(argv=None) -> int:
         print(f"{workload.label} ...", file=sys.stderr, flush=True)
         results[workload.name] = run_workload(workload, torch_eager, args, tolerance)
     environment = _environment(argv, args, torch_eager, load_before)
-    section = report.section(backend, results, environment, tiny=args.tiny)
-    print(section)
-    output = args.output or (None if args.tiny else DEFAULT_OUTPUT)
-    if output:
-        existing = output.read_text() if output.exists() else ""
-        output.write_text(report.page(backend, section, existing))
-        print(f"written to {output}", file=sys.stderr)
     failed = [f"{r.name}: {c.what}" for r in results.values() for c in r.checks if not c.ok]
-    if failed:
-        print(f"sanity checks FAILED: {'; '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return report.section(backend, results, environment, tiny=args.tiny), failed
+
+
+def _sharded(argv, args):
+    """The section of the CNN step on 8 simulated CPU devices, and the sanity checks that failed."""
+    print(f"{SHARDED}: the CNN step on {sharded.DEVICES} simulated devices, Auto and Explicit axes ...",
+          file=sys.stderr, flush=True)
+    load_before = _load_average()
+    result = sharded.run(tiny=args.tiny, warmup=args.warmup, repeats=args.repeats, tolerance=CPU_TOLERANCE)
+    environment = _environment(argv, args, None, load_before)
+    environment["JAX device"] = result.devices  # the child's devices, not this process's one
+    environment.pop("XLA_FLAGS", None)  # result.devices holds the child's
+    failed = [f"{SHARDED}: {pair}" for pair, check in result.checks.items() if not check.ok]
+    return report.sharded_section(result, environment, tiny=args.tiny), failed
 
 
 def _torch_eager(backend):
@@ -146,7 +176,7 @@ def _run_step(workload, torch_eager, args, tolerance):
     (mine, _, my_loss), (theirs, _, their_loss) = (step(params, opt_state, *batch) for step in steps.values())
     updates = [jax.tree_util.tree_map(jnp.subtract, new, params) for new in (mine, theirs)]
     result.checks.append(Check("vs autodiff (loss, updates)",
-                               max(_relative_difference(my_loss, their_loss), _relative_difference(*updates)),
+                               max(relative_difference(my_loss, their_loss), relative_difference(*updates)),
                                tolerance))
     result.residual_bytes = {PUREBP: _residual_bytes(workload.loss_purebp, params, *batch),
                              AUTODIFF: _residual_bytes(workload.loss_autodiff, params, *batch)}
@@ -155,7 +185,7 @@ def _run_step(workload, torch_eager, args, tolerance):
         torch_losses = []
         for system, (step, loss) in _torch_steps(workload, torch_eager).items():
             calls[(STEP, system)] = step
-            torch_losses.append(_relative_difference(loss, my_loss))
+            torch_losses.append(relative_difference(loss, my_loss))
         result.checks.append(Check("PyTorch initial loss", max(torch_losses), tolerance))
     result.times = time_interleaved(calls, warmup=args.warmup, repeats=args.repeats)
     return result
@@ -186,7 +216,7 @@ def _run_op(workload, torch_eager, args, tolerance):
         result.compile_seconds[(BACKWARD, system)] = compile_seconds(apply_vjp, vjp_fns[system], g)
         result.compile_seconds[(FWD_BWD, system)] = compile_seconds(forward_backward[system], inputs, g)
     cotangents = [forward_backward[system](inputs, g) for system in functions]
-    result.checks.append(Check("vs autodiff (cotangents)", _relative_difference(*cotangents), tolerance))
+    result.checks.append(Check("vs autodiff (cotangents)", relative_difference(*cotangents), tolerance))
     result.residual_bytes = {system: _residual_bytes(f, *inputs) for system, f in functions.items()}
     calls = {}
     for system in functions:
@@ -209,16 +239,6 @@ def _residual_bytes(fn, *args) -> int:
     counted = []
     jax.eval_shape(lambda *args: counted.append(residual_bytes(fn, *args)), *args)
     return counted[0]
-
-
-def _relative_difference(actual, expected) -> float:
-    """max over leaves of max |actual − expected| / max |expected|: differences at the leaf's own scale."""
-    worst = 0.0
-    for got, want in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected), strict=True):
-        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-        scale = np.max(np.abs(want), initial=0.0) or 1.0
-        worst = max(worst, float(np.max(np.abs(got - want), initial=0.0)) / scale)
-    return worst
 
 
 def _environment(argv, args, torch_eager, load_before) -> dict:

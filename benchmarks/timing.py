@@ -20,15 +20,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Stats:
-    """Milliseconds per call: the median and the 10th and 90th percentiles of the repeats."""
+    """The median and the 10th and 90th percentiles of the repeats: milliseconds per call, or a ratio."""
 
     median: float
     p10: float
     p90: float
 
     @classmethod
-    def of(cls, seconds) -> Stats:
-        p10, median, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 50, 90])
+    def of(cls, values) -> Stats:
+        p10, median, p90 = np.percentile(values, [10, 50, 90])
         return cls(float(median), float(p10), float(p90))
 
 
@@ -36,6 +36,17 @@ def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, rep
     """Times each of ``calls`` (each runs once and waits for its result) ``repeats`` times, interleaved.
 
     Every call first runs ``warmup`` times untimed (caches, allocator pools, thread pools).
+    """
+    samples = interleaved_seconds(calls, warmup=warmup, repeats=repeats)
+    return {name: Stats.of(np.asarray(seconds) * 1e3) for name, seconds in samples.items()}
+
+
+def interleaved_seconds(calls: dict[str, Callable[[], object]], *, warmup: int,
+                        repeats: int) -> dict[str, list[float]]:
+    """``time_interleaved``'s raw samples: ``samples[name][i]`` is the seconds of ``name``'s call in repeat ``i``.
+
+    Every repeat calls every system once, so the i-th samples of two systems were taken moments
+    apart, and their ratio is one measurement of the systems' ratio.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -53,7 +64,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int, rep
                 samples[name].append(time.perf_counter() - start)
     finally:
         gc.enable()
-    return {name: Stats.of(samples[name]) for name in names}
+    return samples
 
 
 def compile_seconds(jitted, *args) -> float:
