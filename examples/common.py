@@ -64,10 +64,13 @@ def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evalua
     return params, history, time.perf_counter() - start
 
 
-def metrics_on_test_set(apply_fn, x_test, y_test, loss_fn):
-    """An ``evaluate_fn`` for ``fit``: the test set's loss and accuracy, as test_loss and test_accuracy."""
+def metrics_on_test_set(apply_fn, x_test, y_test, loss_fn, *, mesh=None):
+    """An ``evaluate_fn`` for ``fit``: the test set's loss and accuracy, as test_loss and test_accuracy.
+
+    With a ``mesh``, data-parallel over its devices (see ``training.evaluate``).
+    """
     def evaluate(params):
-        metrics = training.evaluate(apply_fn, params, x_test, y_test, loss_fn=loss_fn)
+        metrics = training.evaluate(apply_fn, params, x_test, y_test, loss_fn=loss_fn, mesh=mesh)
         return {"test_" + name: value for name, value in metrics.items()}
 
     return evaluate
