@@ -21,6 +21,7 @@ then adds nothing but the dtype cast, and an empty ``out_sharding`` is no ``out_
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 
@@ -33,8 +34,16 @@ def of(a) -> jax.core.ShapedArray | None:
 
 
 def sharding(a) -> jax.sharding.NamedSharding:
-    """``a``'s sharding type, for an ``out_sharding``; its mesh is empty outside ``jax.set_mesh``."""
-    return jax.typeof(a).sharding
+    """``a``'s sharding type, for an ``out_sharding``; its mesh is empty outside ``jax.set_mesh``.
+
+    An argument that was never placed (params straight from ``init``) is typed on no mesh even
+    under ``jax.set_mesh``; it is whole on the context mesh, as JAX's own transpose rules take it.
+    """
+    typed = jax.typeof(a).sharding
+    context = jax.sharding.get_abstract_mesh()
+    if typed.mesh.empty and not context.empty:
+        return jax.sharding.NamedSharding(context, jax.sharding.PartitionSpec(*(None,) * jnp.ndim(a)))
+    return typed
 
 
 def named(a, *spec) -> jax.sharding.NamedSharding:

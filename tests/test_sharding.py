@@ -23,7 +23,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import purebp
 from purebp import layers, reference, training
-from op_examples import EXAMPLES, cast, draw, floating_argnums, roles
+from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, roles
 
 DEVICES = jax.device_count()
 several_devices = pytest.mark.skipif(
@@ -228,3 +228,21 @@ def test_every_layer_under_a_mesh(mode):
     expected_value, expected = jax.jit(jax.value_and_grad(loss))(params, x)
     np.testing.assert_allclose(value, expected_value, **TOLERANCE)
     jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, **TOLERANCE), grads, expected)
+
+
+@pytest.mark.parametrize("name", WITH_PARAMS)
+def test_params_never_placed_under_an_explicit_mesh(name):
+    """The issue's snippet: params straight from init, only the batch placed. JAX types such an argument
+    on no mesh, even under set_mesh; the rules take it whole on the context mesh, as autodiff does."""
+    ours, twin, args, cotangent = op_case(name)
+    argnums = floating_argnums(args)
+    alone = value_and_grad(ours, argnums)(cotangent, *args)
+    with jax.set_mesh(batch_mesh(AxisType.Explicit)):
+        placed = tuple(jax.device_put(a, P("batch")) if role == "input" else a for a, role in zip(args, roles(name)))
+        placed_cotangent = jax.device_put(cotangent, P("batch"))
+        mine = value_and_grad(ours, argnums)(placed_cotangent, *placed)
+        if not name.startswith("conv"):  # JAX's own conv transpose asks for an out_sharding here: the twin cannot run
+            assert specs(mine) == specs(value_and_grad(twin, argnums)(placed_cotangent, *placed))
+    params = [mine[1][i] for i, a in enumerate(argnums) if roles(name)[a] == "param"]
+    assert all(all(entry is None for entry in spec) for spec in specs(params))  # whole, as they came
+    jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, **TOLERANCE), mine, alone)
