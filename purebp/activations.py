@@ -17,9 +17,9 @@ from purebp import _static
 
 @jax.custom_vjp
 def sigmoid(z):
-    r"""Logistic sigmoid :math:`\sigma(z) = 1 / (1 + e^{-z})`, stable for every finite ``z``.
+    r"""Logistic sigmoid σ(z) = 1 / (1 + e^(−z)), stable for every finite ``z``.
 
-    Backward: :math:`\bar z = \bar y \, \sigma(z)(1 - \sigma(z))`, from the saved output alone.
+    Backward: z̄ = ȳ · σ(z)(1 − σ(z)), from the saved output alone.
 
     Args:
       z: floating array of any shape.
@@ -53,9 +53,9 @@ sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
 
 @jax.custom_vjp
 def relu(z):
-    r"""Rectified linear unit :math:`\max(z, 0)`.
+    r"""Rectified linear unit relu(z) = max(z, 0).
 
-    Backward: :math:`\bar z = \bar y \,[z > 0]`; the kink at 0 gets derivative 0, as ``jax.nn.relu``.
+    Backward: z̄ = ȳ · [z > 0]; the kink at 0 gets derivative 0, as ``jax.nn.relu``.
 
     Args:
       z: floating array of any shape.
@@ -86,9 +86,9 @@ relu.defvjp(_relu_fwd, _relu_bwd)
 
 @jax.custom_vjp
 def tanh(z):
-    r"""Hyperbolic tangent.
+    r"""Hyperbolic tangent y = tanh(z).
 
-    Backward: :math:`\bar z = \bar y \,(1 - y^2)` with :math:`y = \tanh z`, the saved output.
+    Backward: z̄ = ȳ · (1 − y²), from the saved output y.
 
     Args:
       z: floating array of any shape.
@@ -118,9 +118,9 @@ tanh.defvjp(_tanh_fwd, _tanh_bwd)
 
 
 def softmax(z, axis: int = -1):
-    r"""Softmax along ``axis``: :math:`p_i = e^{z_i - m} / \sum_j e^{z_j - m}`, :math:`m = \max_j z_j`.
+    r"""Softmax along ``axis``: p_i = e^(z_i − m) / ∑_j e^(z_j − m), with m = max_j z_j.
 
-    Backward: :math:`\bar z = p \odot (\bar p - \sum_j \bar p_j p_j)`, from the saved output ``p``.
+    Backward: z̄ = p ⊙ (p̄ − ∑_j p̄_j p_j), from the saved output ``p``.
 
     Args:
       z: floating array with at least one dim.
@@ -161,9 +161,9 @@ _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def log_softmax(z, axis: int = -1):
-    r"""Log of the softmax along ``axis``: :math:`y_i = z_i - m - \log \sum_j e^{z_j - m}`.
+    r"""Log of the softmax along ``axis``: y_i = z_i − m − log ∑_j e^(z_j − m), with m = max_j z_j.
 
-    Backward: :math:`\bar z = \bar y - e^{y} \sum_j \bar y_j`, from the saved output ``y``.
+    Backward: z̄ = ȳ − e^y · ∑_j ȳ_j, from the saved output ``y``.
 
     Args:
       z: floating array with at least one dim.

@@ -32,18 +32,18 @@ from purebp import _static, _types
 
 
 def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
-    r"""N-d convolution (cross-correlation, as in every deep-learning library), channels-last.
+    r"""N-d convolution, channels-last: y[n, o] = ∑_k x̂[n, o·s + k·d] · w[k] + b, x̂ the padded input.
 
-    With :math:`\hat x` the input zero-padded by ``(lo, hi)``, :math:`s` the stride, :math:`d` the
-    dilation and :math:`\gamma(c_o)` the group of output channel :math:`c_o`:
-    :math:`y[n, o, c_o] = \sum_{k, c} \hat x[n, o s + k d, \gamma(c_o) C_{in}/G + c]\, w[k, c, c_o] + b[c_o]`.
+    A cross-correlation, as in every deep-learning library: x̂ is the input zero-padded by
+    ``(lo, hi)``, s the stride, d the dilation, and each term a row of channels times the matrix
+    w[k]. Per output channel, with G groups and γ(c_o) the group of channel c_o:
+    y[n, o, c_o] = ∑_{k, c} x̂[n, o·s + k·d, γ(c_o)·C_in/G + c] · w[k, c, c_o] + b[c_o].
     Equals ``lax.conv_general_dilated(x, w, stride, padding, rhs_dilation=dilation,
     dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)`` (and the 1-D, 3-D
     analogues) plus ``b``.
 
-    Backward: :math:`\bar x` = ``conv_transpose`` of :math:`\bar y` with the flipped kernel (channels
-    swapped per group), :math:`\bar w[k] = \sum_{n,o} \hat x[n, o s + k d]^\top \bar y[n, o]`,
-    :math:`\bar b = \sum_{n,o} \bar y[n, o]`.
+    Backward: x̄ = ``conv_transpose`` of ȳ with the flipped kernel (channels swapped per group),
+    w̄[k] = ∑_{n,o} x̂[n, o·s + k·d]ᵀ ȳ[n, o], b̄ = ∑_{n,o} ȳ[n, o].
 
     Args:
       x: floating ``(N, *spatial, C_in)`` with 1, 2 or 3 spatial dims.
@@ -91,10 +91,11 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1):
 
 
 def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
-    r"""N-d transposed convolution: the input spread ``stride`` apart, then convolved with stride 1.
+    r"""N-d transposed convolution: y[n, o] = ∑_k x̃[n, o + k·d] · w[k] + b, x̃ the spread input.
 
-    With :math:`\tilde x` the input with ``stride - 1`` zeros between neighbours, zero-padded by
-    ``(lo, hi)``: :math:`y[n, o, c_o] = \sum_{k, c} \tilde x[n, o + k d, c]\, w[k, c, c_o] + b[c_o]`.
+    The input spread ``stride`` apart, then convolved with stride 1: x̃ is the input with
+    ``stride - 1`` zeros between neighbours, zero-padded by ``(lo, hi)``. Per output channel:
+    y[n, o, c_o] = ∑_{k, c} x̃[n, o + k·d, c] · w[k, c, c_o] + b[c_o].
     Equals ``lax.conv_transpose(x, w, stride, padding, rhs_dilation=dilation, dimension_numbers=
     ('NHWC', 'HWIO', 'NHWC'), transpose_kernel=False)`` plus ``b``: explicit pairs pad the spread
     input (lax's default ``use_consistent_padding=False``), while ``"SAME"`` gives ``in * stride``
@@ -102,9 +103,8 @@ def conv_transpose(x, w, b=None, *, stride=1, padding="VALID", dilation=1):
     Keras' ``Conv2DTranspose``. With the kernel flipped and its channels swapped, it is the adjoint
     (the input cotangent) of ``conv`` with that stride.
 
-    Backward: :math:`\bar x` = ``conv`` of :math:`\bar y` with the flipped, channel-swapped kernel at
-    ``stride``, :math:`\bar w[k] = \sum_{n,o} \tilde x[n, o + k d]^\top \bar y[n, o]`,
-    :math:`\bar b = \sum_{n,o} \bar y[n, o]`.
+    Backward: x̄ = ``conv`` of ȳ with the flipped, channel-swapped kernel at ``stride``,
+    w̄[k] = ∑_{n,o} x̃[n, o + k·d]ᵀ ȳ[n, o], b̄ = ∑_{n,o} ȳ[n, o].
 
     Args:
       x: floating ``(N, *spatial, C_in)`` with 1, 2 or 3 spatial dims.

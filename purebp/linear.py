@@ -16,10 +16,9 @@ from purebp.activations import ELEMENTWISE
 
 
 def dense(x, w, b=None):
-    r"""Affine map :math:`y = x W + b` over the last axis of ``x``.
+    r"""Affine map y = x W + b over the last axis of ``x``.
 
-    Backward: :math:`\bar x = \bar y W^\top`, :math:`\bar W = x^\top \bar y`,
-    :math:`\bar b = \sum_{\text{batch}} \bar y` (batch dims flattened for the two sums).
+    Backward: x̄ = ȳ Wᵀ, W̄ = xᵀ ȳ, b̄ = ∑_batch ȳ (batch dims flattened for the two sums).
 
     Args:
       x: floating array ``[..., in]``.
@@ -102,14 +101,12 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "identity"):
-    r"""A whole multilayer perceptron whose backward pass is the textbook backprop algorithm.
+    r"""A multilayer perceptron, aˡ = σ(aˡ⁻¹ Wˡ + bˡ) layer by layer, whose backward pass is textbook backprop.
 
-    Forward: :math:`a^0 = x`, :math:`z^l = a^{l-1} W^l + b^l`, :math:`a^l = \sigma(z^l)`, with
-    ``output_activation`` on the last layer. Backward, from the saved activations :math:`a^l` only:
-    :math:`\delta^L = \bar a^L \odot \sigma'(z^L)`,
-    :math:`\delta^{l} = (\delta^{l+1} W^{l+1\top}) \odot \sigma'(z^{l})`,
-    :math:`\bar W^l = a^{l-1\top} \delta^l`, :math:`\bar b^l = \sum \delta^l`,
-    where :math:`\sigma'(z)` is written from :math:`a = \sigma(z)` (e.g. :math:`a(1-a)`).
+    Forward: a⁰ = x, zˡ = aˡ⁻¹ Wˡ + bˡ, aˡ = σ(zˡ) for l = 1 … L, with ``output_activation`` on
+    the last layer.
+    Backward: δᴸ = āᴸ ⊙ σ′(zᴸ), δˡ = (δˡ⁺¹ (Wˡ⁺¹)ᵀ) ⊙ σ′(zˡ), W̄ˡ = (aˡ⁻¹)ᵀ δˡ, b̄ˡ = ∑ δˡ,
+    from the saved activations aˡ only: σ′(z) is written from a = σ(z) (e.g. a(1 − a)).
     This is the composition of ``dense`` and the activations in one ``custom_vjp``: one residual
     per layer (its output) instead of one per op.
 

@@ -2,9 +2,9 @@ r"""Losses: binary and softmax cross entropy, fused with their activations, and 
 
 All losses are elementwise (or per row, for the softmax family) and unreduced, as in optax; take
 the mean yourself. The fused rules are the point of this module: the backward pass of
-``sigmoid_binary_cross_entropy`` is :math:`\sigma(z) - y` and that of ``softmax_cross_entropy``
-is :math:`p - y`, computed from stable log-sigmoid and log-sum-exp forms, never by chaining the
-separate rules. Derivations: ``docs/derivations/losses.md``.
+``sigmoid_binary_cross_entropy`` is σ(z) − y and that of ``softmax_cross_entropy`` is p − y,
+computed from stable log-sigmoid and log-sum-exp forms, never by chaining the separate rules.
+Derivations: ``docs/derivations/losses.md``.
 """
 from __future__ import annotations
 
@@ -19,12 +19,11 @@ from purebp.activations import max_shifted, stable_log_softmax
 
 
 def binary_cross_entropy(p, labels):
-    r"""Binary cross entropy of probabilities: :math:`-y \ln p - (1 - y) \ln(1 - p)`, elementwise.
+    r"""Binary cross entropy of probabilities: J = −y ln p − (1 − y) ln(1 − p), elementwise.
 
-    Backward: :math:`\bar p = \bar J\,\big(\tfrac{1-y}{1-p} - \tfrac{y}{p}\big)`,
-    :math:`\bar y = \bar J \ln\tfrac{1-p}{p}`. A term whose label weight is 0 contributes 0, so
-    ``p = 0`` with ``y = 0`` (and ``p = 1`` with ``y = 1``) gives a loss of 0 and a finite gradient.
-    Prefer ``sigmoid_binary_cross_entropy`` on logits: it never forms ``p``.
+    Backward: p̄ = J̄ · ((1 − y)/(1 − p) − y/p), ȳ = J̄ · ln((1 − p)/p). A term whose label weight
+    is 0 contributes 0, so ``p = 0`` with ``y = 0`` (and ``p = 1`` with ``y = 1``) gives a loss of 0
+    and a finite gradient. Prefer ``sigmoid_binary_cross_entropy`` on logits: it never forms ``p``.
 
     Args:
       p: floating array of probabilities in ``[0, 1]``.
@@ -71,10 +70,10 @@ def _weighted(weight, value):
 
 
 def sigmoid_binary_cross_entropy(logits, labels):
-    r"""Binary cross entropy of :math:`\sigma(z)`, fused and stable: equals ``optax.sigmoid_binary_cross_entropy``.
+    r"""Binary cross entropy of σ(z), fused and stable: equals ``optax.sigmoid_binary_cross_entropy``.
 
-    Forward: :math:`J = y\,\mathrm{softplus}(-z) + (1-y)\,\mathrm{softplus}(z)`, elementwise.
-    Backward: :math:`\bar z = \bar J\,(\sigma(z) - y)`, :math:`\bar y = -\bar J z`.
+    Forward: J = y · softplus(−z) + (1 − y) · softplus(z), elementwise.
+    Backward: z̄ = J̄ · (σ(z) − y), ȳ = −J̄ · z.
 
     Args:
       logits: floating array ``z``.
@@ -122,11 +121,11 @@ _sigmoid_binary_cross_entropy.defvjp(_sigmoid_binary_cross_entropy_fwd, _sigmoid
 
 
 def softmax_cross_entropy(logits, labels, axis: int = -1):
-    r"""Cross entropy of ``softmax(logits)`` against label probabilities, fused: equals ``optax.softmax_cross_entropy``.
+    r"""Cross entropy J = −∑_i y_i log p_i of p = softmax(logits) against label probabilities y, fused.
 
-    Forward: :math:`J = -\sum_i y_i \log p_i` with :math:`\log p = z - \mathrm{logsumexp}(z)`.
-    Backward: :math:`\bar z = \bar J\,(p \sum_i y_i - y)`, which is :math:`\bar J (p - y)` when the
-    labels sum to one; :math:`\bar y = -\bar J \log p`.
+    Equals ``optax.softmax_cross_entropy``. Forward: log p = z − m − log ∑_j e^(z_j − m), m = max_j z_j.
+    Backward: z̄ = J̄ · (p ∑_i y_i − y), which is J̄ · (p − y) when the labels sum to one;
+    ȳ = −J̄ · log p.
 
     Args:
       logits: floating array ``z`` with the classes along ``axis``.
@@ -170,10 +169,10 @@ _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy
 
 
 def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
-    r"""Cross entropy of ``softmax(logits)`` against class indices: equals the optax function of that name.
+    r"""Cross entropy J = logsumexp(z) − z_y of p = softmax(logits) against class indices y, fused.
 
-    Forward: :math:`J = \mathrm{logsumexp}(z) - z_y`.
-    Backward: :math:`\bar z = \bar J\,(p - \mathrm{onehot}(y))`; integer labels get no cotangent.
+    Equals the optax function of that name. Forward: J = log ∑_j e^(z_j − m) − (z_y − m), m = max_j z_j.
+    Backward: z̄ = J̄ · (p − onehot(y)); integer labels get no cotangent.
 
     Args:
       logits: floating array with the classes along ``axis``.
@@ -269,10 +268,9 @@ def _one_hot(labels, like, axis):
 
 
 def squared_error(predictions, targets=None):
-    r"""Squared error :math:`(p - t)^2`, elementwise, as ``optax.squared_error``.
+    r"""Squared error J = (p − t)², elementwise, as ``optax.squared_error``.
 
-    Backward: :math:`\bar p = 2\bar J (p - t)`, :math:`\bar t = -\bar p`; the difference
-    :math:`p - t` is the only residual.
+    Backward: p̄ = 2 J̄ · (p − t), t̄ = −p̄; the difference p − t is the only residual.
 
     Args:
       predictions: floating array ``p``.
@@ -291,9 +289,9 @@ def squared_error(predictions, targets=None):
 
 
 def l2_loss(predictions, targets=None):
-    r"""Half the squared error :math:`\tfrac12 (p - t)^2`, elementwise, as ``optax.l2_loss``.
+    r"""Half the squared error J = ½ (p − t)², elementwise, as ``optax.l2_loss``.
 
-    Backward: :math:`\bar p = \bar J (p - t)`, :math:`\bar t = -\bar p`.
+    Backward: p̄ = J̄ · (p − t), t̄ = −p̄.
 
     Args, Returns and Raises as ``squared_error``.
 

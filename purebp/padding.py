@@ -17,12 +17,12 @@ from purebp import _static
 
 
 def zero_pad(x, padding):
-    r"""Pads the spatial dims of ``x`` with zeros: ``lo`` before and ``hi`` after each.
+    r"""Zero padding of the spatial dims: y[n, i, c] = x[n, i − lo, c] for lo ≤ i < lo + in, else 0.
 
-    :math:`y[n, i, c] = x[n, i - lo, c]` where :math:`lo \le i < lo + \text{in}`, else 0
-    (per spatial dim). Equals ``jnp.pad(x, ((0, 0), *pairs, (0, 0)))``.
+    ``lo`` zeros go before and ``hi`` after each spatial dim (the formula holds per spatial dim).
+    Equals ``jnp.pad(x, ((0, 0), *pairs, (0, 0)))``.
 
-    Backward: :math:`\bar x = \bar y[:, lo : lo + \text{in}, :]`, the slice that drops the padding.
+    Backward: x̄ = ȳ[:, lo : lo + in, :], the slice that drops the padding.
 
     Args:
       x: floating ``(N, *spatial, C)`` with 1, 2 or 3 spatial dims.

@@ -64,16 +64,16 @@ def _reduce_window(x, geometry: _Geometry, init, op):
 
 
 def max_pool(x, window, stride=None, padding="VALID"):
-    r"""Max pooling: :math:`y[n, o, c] = \max_k \hat x[n, o s + k, c]`, :math:`\hat x` padded with -inf.
+    r"""Max pooling: y[n, o, c] = max_k x̂[n, o·s + k, c], x̂ the input padded with −inf.
 
     Equals ``flax.linen.max_pool(x, window, strides=stride, padding=padding)`` (stride passed
     explicitly: flax's default is 1, ours is the window).
 
-    Backward: :math:`\bar x[p] = \sum_o \bar y[o]\,[p = o s + k^*(o)]`, with :math:`k^*(o)` the
-    *first* maximum of window :math:`o` in row-major window order: ties (all-zero windows after a
-    relu) give the whole cotangent to one position, exactly as ``jax.grad`` of
-    ``lax.reduce_window`` (its ``select_and_scatter_add``) does. A window whose first maximum is
-    padding (it holds only -inf) passes nothing back. NaN follows XLA's select rule too.
+    Backward: x̄[p] = ∑_o ȳ[o] · [p = o·s + k*(o)], with k*(o) the *first* maximum of window o in
+    row-major window order: ties (all-zero windows after a relu) give the whole cotangent to one
+    position, exactly as ``jax.grad`` of ``lax.reduce_window`` (its ``select_and_scatter_add``)
+    does. A window whose first maximum is padding (it holds only -inf) passes nothing back. NaN
+    follows XLA's select rule too.
 
     Args:
       x: floating ``(N, *spatial, C)`` with 1, 2 or 3 spatial dims.
@@ -116,14 +116,13 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool(x, window, stride=None, padding="VALID", count_include_pad=True):
-    r"""Average pooling: :math:`y[n, o, c] = \frac{1}{|W_o|} \sum_k \hat x[n, o s + k, c]`, padding 0.
+    r"""Average pooling: y[n, o, c] = (1 / |W_o|) · ∑_k x̂[n, o·s + k, c], x̂ the input padded with 0.
 
-    :math:`|W_o|` is the window size, or with ``count_include_pad=False`` the number of the
+    |W_o| is the window size, or with ``count_include_pad=False`` the number of the
     window's positions that are not padding. Equals ``flax.linen.avg_pool(x, window,
     strides=stride, padding=padding, count_include_pad=count_include_pad)``.
 
-    Backward: :math:`\bar x[p] = \sum_{o : p \in W_o} \bar y[o] / |W_o|`, the transposed sum-pool of
-    :math:`\bar y / |W|`.
+    Backward: x̄[p] = ∑_{o : p ∈ W_o} ȳ[o] / |W_o|, the transposed sum-pool of ȳ / |W|.
 
     Args:
       x: floating ``(N, *spatial, C)`` with 1, 2 or 3 spatial dims.
