@@ -15,7 +15,10 @@ from jax.nn import initializers
 import purebp
 from purebp import layers
 
-import common
+try:
+    from . import common  # python -m examples.<name>, from the repository's root
+except ImportError:
+    import common  # python examples/<name>.py
 
 
 def model():

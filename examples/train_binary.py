@@ -10,7 +10,10 @@ import jax
 import purebp
 from purebp import layers
 
-import common
+try:
+    from . import common  # python -m examples.<name>, from the repository's root
+except ImportError:
+    import common  # python examples/<name>.py
 
 
 def run(*, epochs=40, learning_rate=0.05, batch_size=32, hidden=16, seed=0, log=print):

@@ -28,7 +28,10 @@ from jax.sharding import AxisType
 import purebp
 from purebp import training
 
-import common
+try:
+    from . import common  # python -m examples.<name>, from the repository's root
+except ImportError:
+    import common  # python examples/<name>.py
 import train_cnn
 
 

@@ -13,7 +13,10 @@ import jax.numpy as jnp
 import purebp
 from purebp import layers
 
-import common
+try:
+    from . import common  # python -m examples.<name>, from the repository's root
+except ImportError:
+    import common  # python examples/<name>.py
 
 
 def loss_of(model):

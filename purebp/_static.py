@@ -70,6 +70,36 @@ def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
     return axis % ndim
 
 
+def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """Returns ``axis`` (an int, a tuple of ints, or None for every dim) as sorted non-negative ints, as
+    ``jax.nn.softmax`` reads it."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    axes = tuple(sorted(normalize_axis(a, ndim, name) for a in axes))
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"`{name}` names a dim twice: {axis!r}.")
+    return axes
+
+
+def mask(where, shape, name: str = "where"):
+    """``where`` as a boolean array that broadcasts to ``shape`` (None stays None), as ``jax.nn``'s
+    ``where=``: nonzero entries are True. A mask that would broadcast the output to a bigger shape
+    is refused."""
+    if where is None:
+        return None
+    if isinstance(where, (list, tuple)):
+        raise TypeError(f"`{name}` must be an array, got a {type(where).__name__}; convert it with jnp.asarray first.")
+    where = jnp.asarray(where)
+    try:
+        broadcast = jnp.broadcast_shapes(where.shape, tuple(shape))
+    except ValueError:
+        broadcast = None
+    if broadcast != tuple(shape):
+        raise ValueError(f"`{name}` must broadcast to the input's shape {tuple(shape)}, got shape {where.shape}.")
+    return where.astype(bool)
+
+
 def spatial_tuple(value, num_spatial: int, name: str) -> tuple[int, ...]:
     """Returns a positive int, or one per spatial dim, as a tuple of ``num_spatial`` ints."""
     values = (value,) * num_spatial if _is_int(value) else value

@@ -117,104 +117,131 @@ def _tanh_bwd(y, g):  # (tanh z, ct y) -> (ct z,)
 tanh.defvjp(_tanh_fwd, _tanh_bwd)
 
 
-def softmax(z, axis: int = -1):
+def softmax(z, axis=-1, where=None):
     r"""Softmax along ``axis``: p_i = e^(z_i − m) / ∑_j e^(z_j − m), with m = max_j z_j.
 
-    Backward: z̄ = p ⊙ (p̄ − ∑_j p̄_j p_j), from the saved output ``p``.
+    Backward: z̄ = p ⊙ (p̄ − ∑_j p̄_j p_j), from the saved output ``p`` alone: a masked-out entry
+    has p = 0, so it gets no cotangent and takes no part in the sum.
 
     Args:
-      z: floating array with at least one dim.
-      axis: the axis that sums to one.
+      z: floating array.
+      axis: the axis, or tuple of axes, that sums to one; None for every axis (as ``jax.nn.softmax``).
+      where: optional mask broadcastable to ``z``'s shape, as ``jax.nn.softmax``'s: only its True
+        entries take part, and the others are 0 (all of a row that is masked out entirely).
 
     Returns:
       An array of ``z``'s shape and dtype.
 
     Raises:
-      TypeError: if ``z`` is not floating or ``axis`` is not an int.
-      ValueError: if ``axis`` is out of range.
+      TypeError: if ``z`` is not floating or ``axis`` is not an int or a tuple of ints.
+      ValueError: if ``axis`` is out of range or ``where`` does not broadcast to ``z``'s shape.
 
     >>> softmax(jnp.array([0.0, 0.0])).tolist()
     [0.5, 0.5]
+    >>> softmax(jnp.array([1.0, 5.0, 1.0]), where=jnp.array([True, False, True])).tolist()
+    [0.5, 0.0, 0.5]
 
     Derivation: docs/derivations/activations.md#softmax.
     """
     _static.check_floating(z, "z")
-    return _softmax(_static.normalize_axis(axis, jnp.ndim(z)), z)
+    return _softmax(_static.normalize_axes(axis, jnp.ndim(z)), z, _static.mask(where, jnp.shape(z)))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _softmax(axis, z):
-    return _softmax_fwd(axis, z)[0]
+def _softmax(axis, z, where):
+    return _softmax_fwd(axis, z, where)[0]
 
 
-def _softmax_fwd(axis, z):
-    unnormalized = jnp.exp(max_shifted(z, axis))
-    p = unnormalized / unnormalized.sum(axis, keepdims=True)
-    return p, p
+def _softmax_fwd(axis, z, where):
+    unnormalized = jnp.exp(max_shifted(z, axis, where))
+    p = masked(unnormalized / unnormalized.sum(axis, keepdims=True), where, 0)
+    return p, p  # p is 0 where masked: the rule needs no mask
 
 
-def _softmax_bwd(axis, p, g):  # (p, ct p) -> (ct z,)
-    return (p * (g - (g * p).sum(axis, keepdims=True)),)  # J = diag(p) − p pᵀ
+def _softmax_bwd(axis, p, g):  # (p, ct p) -> (ct z, ct where)
+    return p * (g - (g * p).sum(axis, keepdims=True)), None  # J = diag(p) − p pᵀ
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
-def log_softmax(z, axis: int = -1):
+def log_softmax(z, axis=-1, where=None):
     r"""Log of the softmax along ``axis``: y_i = z_i − m − log ∑_j e^(z_j − m), with m = max_j z_j.
 
-    Backward: z̄ = ȳ − e^y · ∑_j ȳ_j, from the saved output ``y``.
+    Backward: z̄ = ȳ − e^y · ∑_j ȳ_j, from the saved output ``y`` (and the mask, whose masked-out
+    entries get no cotangent and take no part in the sum).
 
     Args:
-      z: floating array with at least one dim.
-      axis: the axis along which ``exp(y)`` sums to one.
+      z: floating array.
+      axis: the axis, or tuple of axes, along which ``exp(y)`` sums to one; None for every axis.
+      where: optional mask broadcastable to ``z``'s shape, as ``jax.nn.log_softmax``'s: only its True
+        entries take part, and the others are -inf.
 
     Returns:
       An array of ``z``'s shape and dtype.
 
     Raises:
-      TypeError: if ``z`` is not floating or ``axis`` is not an int.
-      ValueError: if ``axis`` is out of range.
+      TypeError: if ``z`` is not floating or ``axis`` is not an int or a tuple of ints.
+      ValueError: if ``axis`` is out of range or ``where`` does not broadcast to ``z``'s shape.
 
     Derivation: docs/derivations/activations.md#log-softmax.
     """
     _static.check_floating(z, "z")
-    return _log_softmax(_static.normalize_axis(axis, jnp.ndim(z)), z)
+    return _log_softmax(_static.normalize_axes(axis, jnp.ndim(z)), z, _static.mask(where, jnp.shape(z)))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _log_softmax(axis, z):
-    return stable_log_softmax(z, axis)
+def _log_softmax(axis, z, where):
+    return stable_log_softmax(z, axis, where)
 
 
-def _log_softmax_fwd(axis, z):
-    y = stable_log_softmax(z, axis)
-    return y, y
+def _log_softmax_fwd(axis, z, where):
+    y = stable_log_softmax(z, axis, where)
+    return y, (y, where)  # the mask as given: a bool, broadcast only when used
 
 
-def _log_softmax_bwd(axis, y, g):  # (log p, ct y) -> (ct z,)
-    return (g - jnp.exp(y) * g.sum(axis, keepdims=True),)  # ∂y_i/∂z_j = δ_ij − p_j
+def _log_softmax_bwd(axis, res, g):  # ((log p, where), ct y) -> (ct z, ct where)
+    y, where = res
+    g = masked(g, where, 0)  # a masked-out y is the constant -inf
+    return g - jnp.exp(y) * g.sum(axis, keepdims=True), None  # ∂y_i/∂z_j = δ_ij − p_j
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
-def max_shifted(z, axis):
-    """``z − max(z)`` along ``axis``: every exponent ≤ 0 and one of them 0, so ``exp`` never overflows.
+def masked(x, where, fill):
+    """``x`` where the mask is True and ``fill`` elsewhere; ``x`` itself when there is no mask."""
+    return x if where is None else jnp.where(where, x, fill)
 
-    Any shift gives the same softmax, so the max carries no gradient (``stop_gradient`` keeps grad
-    of grad from differentiating it). A row holding +inf becomes 0 at its +inf entries and -inf
-    elsewhere: the limit, in which softmax spreads evenly over the +inf entries. A row of -inf
-    alone has no limit and stays NaN (-inf − (-inf)), as in ``jax.nn.softmax``.
+
+def row_max(z, axis, where=None):
+    """The max along ``axis`` over the unmasked entries (-inf for none, or an empty axis), as a
+    constant: any shift gives the same softmax, so the max carries no gradient (``stop_gradient``
+    keeps grad of grad from differentiating it)."""
+    return lax.stop_gradient(jnp.max(z, axis, keepdims=True, where=where, initial=-jnp.inf))
+
+
+def shift(z, m):
+    """``z − m``: every exponent ≤ 0 and one of them 0, so ``exp`` never overflows.
+
+    A row holding +inf becomes 0 at its +inf entries and -inf elsewhere: the limit, in which softmax
+    spreads evenly over the +inf entries. A row of -inf alone has no limit and stays NaN
+    (-inf − (-inf)), as in ``jax.nn.softmax``.
     """
-    m = lax.stop_gradient(jnp.max(z, axis, keepdims=True))
     return jnp.where(m == jnp.inf, jnp.where(z == jnp.inf, 0, -jnp.inf), z - m)
 
 
-def stable_log_softmax(z, axis):
-    """log softmax as z − m − log Σ e^{z − m}: every exponent ≤ 0, so nothing overflows."""
-    shifted = max_shifted(z, axis)
-    return shifted - jnp.log(jnp.exp(shifted).sum(axis, keepdims=True))
+def max_shifted(z, axis, where=None):
+    """``z − max(z)`` along ``axis`` (see ``shift``); masked-out entries become -inf first, so they
+    take no part, and no value of theirs, however large or NaN, reaches a gradient."""
+    z = masked(z, where, -jnp.inf)
+    return shift(z, row_max(z, axis))
+
+
+def stable_log_softmax(z, axis, where=None):
+    """log softmax as z − m − log Σ e^{z − m}: every exponent ≤ 0, so nothing overflows; -inf where masked."""
+    shifted = max_shifted(z, axis, where)
+    return masked(shifted - jnp.log(jnp.exp(shifted).sum(axis, keepdims=True)), where, -jnp.inf)
 
 
 # The elementwise activations, as functions of their *output*: f(z) and f'(z) written from a = f(z).

@@ -8,6 +8,7 @@ Derivations: ``docs/derivations/losses.md``.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from purebp import _static, _types
-from purebp.activations import max_shifted, stable_log_softmax
+from purebp.activations import masked, row_max, shift, stable_log_softmax
 
 
 def binary_cross_entropy(p, labels):
@@ -120,59 +121,72 @@ def _sigmoid_binary_cross_entropy_bwd(res, g):  # ((z, y), ct J) -> (ct z, ct y)
 _sigmoid_binary_cross_entropy.defvjp(_sigmoid_binary_cross_entropy_fwd, _sigmoid_binary_cross_entropy_bwd)
 
 
-def softmax_cross_entropy(logits, labels, axis: int = -1):
+def softmax_cross_entropy(logits, labels, axis=-1, where=None):
     r"""Cross entropy J = −∑_i y_i log p_i of p = softmax(logits) against label probabilities y, fused.
 
     Equals ``optax.softmax_cross_entropy``. Forward: log p = z − m − log ∑_j e^(z_j − m), m = max_j z_j.
     Backward: z̄ = J̄ · (p ∑_i y_i − y), which is J̄ · (p − y) when the labels sum to one;
-    ȳ = −J̄ · log p.
+    ȳ = −J̄ · log p. Masked-out classes take no part in either.
 
     Args:
       logits: floating array ``z`` with the classes along ``axis``.
       labels: array of ``logits``' shape, probabilities along ``axis`` (cast to ``logits``' dtype).
-      axis: the class axis.
+      axis: the class axis, or a tuple of class axes (as optax).
+      where: optional mask, as optax's: of ``logits``' shape (the classes to include) or of the loss's
+        shape (the rows to include); a row with no class included has loss 0.
 
     Returns:
       The loss, of ``logits``' shape without ``axis``, and ``logits``' dtype. A label of 0 on a
-      logit of -inf contributes 0 (optax gives NaN there).
+      logit of -inf contributes 0, and a masked-out class's label gets cotangent 0 (optax gives NaN
+      for both).
 
     Raises:
       TypeError: if ``logits`` is not floating.
-      ValueError: if ``labels`` has another shape or ``axis`` is out of range.
+      ValueError: if ``labels`` has another shape, ``axis`` is out of range or ``where`` does not fit.
 
     Derivation: docs/derivations/losses.md#softmax-cross-entropy.
     """
     _static.check_floating(logits, "logits")
     _static.check_same_shape(logits, "logits", labels, "labels")
-    axis = _static.normalize_axis(axis, jnp.ndim(logits))
-    return _softmax_cross_entropy(axis, logits, jnp.asarray(labels).astype(jnp.result_type(logits)))
+    axis = _static.normalize_axes(axis, jnp.ndim(logits))
+    return _softmax_cross_entropy(axis, logits, jnp.asarray(labels).astype(jnp.result_type(logits)),
+                                  _class_mask(where, logits, axis))
+
+
+def _class_mask(where, logits, axis):
+    """optax's ``where=`` as a mask broadcastable to ``logits``: one of the loss's shape masks whole rows."""
+    if where is not None and not isinstance(where, (list, tuple)) and jnp.ndim(where) != jnp.ndim(logits):
+        where = jnp.expand_dims(where, axis)
+    return _static.mask(where, jnp.shape(logits))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _softmax_cross_entropy(axis, z, y):
-    return _softmax_cross_entropy_fwd(axis, z, y)[0]
+def _softmax_cross_entropy(axis, z, y, where):
+    return _softmax_cross_entropy_fwd(axis, z, y, where)[0]
 
 
-def _softmax_cross_entropy_fwd(axis, z, y):
-    log_p = stable_log_softmax(z, axis)
-    return -_weighted(y, log_p).sum(axis), (log_p, y)
+def _softmax_cross_entropy_fwd(axis, z, y, where):
+    log_p = stable_log_softmax(z, axis, where)  # -inf where masked
+    return -_weighted(masked(y, where, 0), log_p).sum(axis), (log_p, y, where)
 
 
-def _softmax_cross_entropy_bwd(axis, res, g):  # ((log p, y), ct J) -> (ct z, ct y)
-    log_p, y = res
-    g = jnp.expand_dims(g, axis)
+def _softmax_cross_entropy_bwd(axis, res, g):  # ((log p, y, where), ct J) -> (ct z, ct y, ct where)
+    log_p, y, where = res
+    g, y = jnp.expand_dims(g, axis), masked(y, where, 0)
     dz = jnp.exp(log_p) * y.sum(axis, keepdims=True) - y  # p Σy − y, = p − y for normalised labels
-    return _types.like(g * dz, _types.of(log_p)), _types.like(-g * log_p, _types.of(y))  # log p is typed as z
+    dy = -g * masked(log_p, where, 0)
+    return _types.like(g * dz, _types.of(log_p)), _types.like(dy, _types.of(y)), None  # log p is typed as z
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
 
 
-def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
+def softmax_cross_entropy_with_integer_labels(logits, labels, axis=-1, where=None):
     r"""Cross entropy J = logsumexp(z) − z_y of p = softmax(logits) against class indices y, fused.
 
     Equals the optax function of that name. Forward: J = log ∑_j e^(z_j − m) − (z_y − m), m = max_j z_j.
-    Backward: z̄ = J̄ · (p − onehot(y)); integer labels get no cotangent.
+    Backward: z̄ = J̄ · (p − onehot(y)); integer labels get no cotangent. A masked-out class has
+    p = 0; a row with no class included becomes label −1, with loss 0 and z̄ = 0.
 
     Args:
       logits: floating array with the classes along ``axis``.
@@ -180,31 +194,52 @@ def softmax_cross_entropy_with_integer_labels(logits, labels, axis: int = -1):
         ``[-num_classes, num_classes)`` (negative ones count from the end, as in indexing, as optax);
         a label out of that range gives a NaN loss and a NaN cotangent row (values cannot be checked
         at trace time).
-      axis: the class axis.
+      axis: the class axis, or a tuple of them, whose positions a label then indexes in row-major
+        order (as optax).
+      where: optional mask, as optax's: of ``logits``' shape (the classes the log-sum-exp includes)
+        or of ``labels``' shape (the rows to include); a row with no class included has loss 0.
 
     Returns:
       The loss, of ``labels``' shape and ``logits``' dtype.
 
     Raises:
       TypeError: if ``logits`` is not floating or ``labels`` is not integer.
-      ValueError: if ``labels`` has the wrong shape or ``axis`` is out of range.
+      ValueError: if ``labels`` has the wrong shape, ``axis`` is out of range or ``where`` does not fit.
 
     Derivation: docs/derivations/losses.md#integer-labels.
     """
     _static.check_floating(logits, "logits")
     _static.check_integer(labels, "labels")
-    axis = _static.normalize_axis(axis, jnp.ndim(logits))
-    batch_shape = jnp.shape(logits)[:axis] + jnp.shape(logits)[axis + 1:]
+    axes = _static.normalize_axes(axis, jnp.ndim(logits))
+    batch_shape = tuple(n for d, n in enumerate(jnp.shape(logits)) if d not in axes)
     if jnp.shape(labels) != batch_shape:
-        raise ValueError(
-            f"`labels` must have the shape of `logits` {jnp.shape(logits)} without axis {axis}, "
-            f"{batch_shape}, got {jnp.shape(labels)}.")
-    return _softmax_cross_entropy_with_integer_labels(axis, logits, _class_index(labels, jnp.shape(logits)[axis]))
+        without = f"axis {axes[0]}" if len(axes) == 1 else f"axes {axes}"
+        raise ValueError(f"`labels` must have the shape of `logits` {jnp.shape(logits)} without {without}, "
+                         f"{batch_shape}, got {jnp.shape(labels)}.")
+    where = _class_mask(where, logits, axes)
+    if len(axes) == 1:
+        axis = axes[0]
+    else:  # several class axes (or none): flattened into one, last, as optax does
+        logits, where = _classes_last(logits, where, axes)
+        axis = jnp.ndim(logits) - 1
+    rows = None if where is None else jnp.broadcast_to(where, jnp.shape(logits)).any(axis)
+    return _softmax_cross_entropy_with_integer_labels(
+        axis, logits, _class_index(labels, jnp.shape(logits)[axis], rows), where)
 
 
-def _class_index(labels, classes):
+def _classes_last(logits, where, axes):
+    """``logits`` (and ``where``) with the class axes moved last and flattened into one, in row-major order."""
+    batch = tuple(d for d in range(jnp.ndim(logits)) if d not in axes)
+    shape = tuple(jnp.shape(logits)[d] for d in batch) + (math.prod(jnp.shape(logits)[d] for d in axes),)
+    if where is not None:
+        where = jnp.transpose(jnp.broadcast_to(where, jnp.shape(logits)), batch + axes).reshape(shape)
+    return jnp.transpose(logits, batch + axes).reshape(shape), where
+
+
+def _class_index(labels, classes, rows=None):
     """int32 class indices: labels in ``[-classes, classes)`` counted from the end where negative, as
-    indexing does, once; any other label becomes ``classes``, which the rule turns into NaN.
+    indexing does, once; any other label becomes ``classes``, which the rule turns into NaN, and a row
+    ``rows`` masks out becomes -1, which the rule turns into a loss of 0 and no cotangent.
 
     The range is checked in the labels' own dtype, with bounds the dtype cannot hold left out (int8
     labels and 200 classes), before any cast could wrap a label into range (uint32 above 2³¹).
@@ -217,31 +252,35 @@ def _class_index(labels, classes):
     if -classes >= info.min:
         valid = valid & (labels >= -classes)
     index = labels.astype(jnp.int32)
-    return jnp.where(valid, jnp.where(index < 0, index + classes, index), classes)
+    index = jnp.where(valid, jnp.where(index < 0, index + classes, index), classes)
+    return index if rows is None else jnp.where(rows, index, -1)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _softmax_cross_entropy_with_integer_labels(axis, z, labels):
-    return _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels)[0]
+def _softmax_cross_entropy_with_integer_labels(axis, z, labels, where):
+    return _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels, where)[0]
 
 
-def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels):
-    shifted = max_shifted(z, axis)
-    unnormalized = jnp.exp(shifted)
+def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels, where):
+    m = row_max(z, axis, where)
+    unnormalized = jnp.exp(shift(masked(z, where, -jnp.inf), m))
     normalizer = unnormalized.sum(axis, keepdims=True)
     classes = z.shape[axis]
-    label_logit = jnp.take_along_axis(shifted, jnp.expand_dims(labels % classes, axis), axis)
+    # The label's own logit, masked out or not, as optax takes it.
+    label_logit = shift(jnp.take_along_axis(z, jnp.expand_dims(labels % max(classes, 1), axis), axis), m)
     # log Σe^{z−m} − (z_y − m), not logsumexp(z) − z_y as optax: when z_y is the max the loss is
     # log Σe^{z−m} exactly, with no rounding of m + log Σ … against z_y (optax differs by ulps of m).
     loss = (jnp.log(normalizer) - label_logit).squeeze(axis)
-    return jnp.where(labels < classes, loss, jnp.nan), (unnormalized / normalizer, labels)  # a bad label: NaN
+    loss = jnp.where(labels < 0, 0, jnp.where(labels < classes, loss, jnp.nan))  # masked row: 0; bad label: NaN
+    # p is 0 where masked, and the masked rows' labels (-1) drop from the one-hot: the rule needs no mask.
+    return loss, (masked(unnormalized / normalizer, where, 0), labels)
 
 
-def _softmax_cross_entropy_with_integer_labels_bwd(axis, res, g):  # ((p, labels), ct J) -> (ct z, None)
+def _softmax_cross_entropy_with_integer_labels_bwd(axis, res, g):  # ((p, labels), ct J) -> (ct z, -, -)
     p, labels = res
     dz = jnp.expand_dims(g, axis) * (p - _one_hot(labels, p, axis))  # ∂J/∂z = p − onehot(y)
     dz = jnp.where(jnp.expand_dims(labels < p.shape[axis], axis), dz, jnp.nan)  # a bad label's row: NaN
-    return _types.like(dz, _types.of(p)), None  # p is typed as z
+    return _types.like(dz, _types.of(p)), None, None  # p is typed as z
 
 
 _softmax_cross_entropy_with_integer_labels.defvjp(
@@ -249,7 +288,8 @@ _softmax_cross_entropy_with_integer_labels.defvjp(
 
 
 def _one_hot(labels, like, axis):
-    """onehot(labels) along ``axis``, in ``like``'s shape, dtype and sharding; out-of-range labels drop.
+    """onehot(labels) along ``axis``, in ``like``'s shape, dtype and sharding; out-of-range labels (``classes``,
+    and -1) drop.
 
     Ones scattered at the labels: the transpose of the forward's ``take_along_axis`` gather, with
     every other dim a batching dim, as that gather has, so each example's row is its own (and

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -76,8 +77,9 @@ def max_pool(x, window, stride=None, padding="VALID"):
     follows XLA's select rule too.
 
     Args:
-      x: floating ``(N, *spatial, C)`` with 1, 2 or 3 spatial dims.
-      window: window extent, an int or one per spatial dim, positive.
+      x: floating ``(N, *spatial, C)`` with 1, 2 or 3 spatial dims; with a tuple ``window``,
+        ``(*batch, *spatial, C)`` with any number of batch dims, none included (as flax).
+      window: window extent, an int or one per spatial dim, positive; a tuple fixes the spatial rank.
       stride: window step, an int or one per spatial dim, positive; None means ``window``.
       padding: ``"VALID"``, ``"SAME"`` (output ``ceil(in / stride)``), an int ``p`` (``(p, p)``
         on every spatial dim) or one ``(lo, hi)`` pair per spatial dim; padding is -inf.
@@ -95,7 +97,7 @@ def max_pool(x, window, stride=None, padding="VALID"):
 
     Derivation: docs/derivations/pooling.md#max-pooling.
     """
-    return _max_pool(_geometry(x, window, stride, padding), x)
+    return _over_batch_dims(x, window, lambda x: _max_pool(_geometry(x, window, stride, padding), x))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -125,8 +127,9 @@ def avg_pool(x, window, stride=None, padding="VALID", count_include_pad=True):
     Backward: x̄[p] = ∑_{o : p ∈ W_o} ȳ[o] / |W_o|, the transposed sum-pool of ȳ / |W|.
 
     Args:
-      x: floating ``(N, *spatial, C)`` with 1, 2 or 3 spatial dims.
-      window: window extent, an int or one per spatial dim, positive.
+      x: floating ``(N, *spatial, C)`` with 1, 2 or 3 spatial dims; with a tuple ``window``,
+        ``(*batch, *spatial, C)`` with any number of batch dims, none included (as flax).
+      window: window extent, an int or one per spatial dim, positive; a tuple fixes the spatial rank.
       stride: window step, an int or one per spatial dim, positive; None means ``window``.
       padding: as ``max_pool``'s; padding is 0.
       count_include_pad: whether padding counts in the divisor. Without it, a window of padding
@@ -144,10 +147,28 @@ def avg_pool(x, window, stride=None, padding="VALID", count_include_pad=True):
 
     Derivation: docs/derivations/pooling.md#average-pooling.
     """
-    geometry = _geometry(x, window, stride, padding)
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"`count_include_pad` must be a bool, got {count_include_pad!r}.")
-    return _avg_pool(geometry, bool(count_include_pad), x)
+    return _over_batch_dims(
+        x, window, lambda x: _avg_pool(_geometry(x, window, stride, padding), bool(count_include_pad), x))
+
+
+def _over_batch_dims(x, window, pool):
+    """``pool`` of an ``(N, *spatial, C)`` array, applied as flax pools: a tuple ``window`` gives the
+    spatial rank, and ``x`` may have any number of leading batch dims (none included), merged into
+    one ``N`` for the pool and split again after. An int window keeps the ``(N, *spatial, C)`` rule."""
+    if not isinstance(window, Sequence):
+        return pool(x)
+    _static.check_floating(x, "x")
+    rank = len(window)
+    if not 1 <= rank <= 3 or jnp.ndim(x) < rank + 1:
+        raise ValueError(f"`x` must be (*batch, *spatial, C) with as many spatial dims as `window` {window!r} "
+                         f"has entries (1, 2 or 3), got shape {jnp.shape(x)}.")
+    batch = jnp.shape(x)[:jnp.ndim(x) - rank - 1]
+    if len(batch) == 1:
+        return pool(x)
+    y = pool(jnp.reshape(x, (math.prod(batch), *jnp.shape(x)[len(batch):])))
+    return jnp.reshape(y, batch + y.shape[1:])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))

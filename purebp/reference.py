@@ -25,16 +25,29 @@ def tanh(z):
     return jnp.tanh(z)
 
 
-def softmax(z, axis=-1):
-    unnormalized = jnp.exp(z - jax.lax.stop_gradient(z.max(axis, keepdims=True)))
-    return unnormalized / unnormalized.sum(axis, keepdims=True)
+def _max_shifted(z, axis, where):
+    z = z if where is None else jnp.where(where, z, -jnp.inf)  # masked out: no part in the max or the sum
+    return z - jax.lax.stop_gradient(jnp.max(z, axis, keepdims=True, initial=-jnp.inf))
 
 
-def log_softmax(z, axis=-1):
+def softmax(z, axis=-1, where=None):
+    unnormalized = jnp.exp(_max_shifted(z, axis, where))
+    p = unnormalized / unnormalized.sum(axis, keepdims=True)
+    return p if where is None else jnp.where(where, p, 0)
+
+
+def log_softmax(z, axis=-1, where=None):
     # Shift by the max first, as jax.nn.log_softmax does: z − logsumexp(z) rounds m + log Σ e^{z−m}
     # at the ulp of m, which for z ≈ [1e4, 1e4] in float32 is 2e-4 off the true −ln 2.
-    shifted = z - jax.lax.stop_gradient(z.max(axis, keepdims=True))
-    return shifted - logsumexp(shifted, axis, keepdims=True)
+    shifted = _max_shifted(z, axis, where)
+    y = shifted - logsumexp(shifted, axis, keepdims=True)
+    return y if where is None else jnp.where(where, y, -jnp.inf)
+
+
+def _class_mask(where, logits, axis):
+    if where is not None and jnp.ndim(where) != logits.ndim:  # a mask of whole rows, as optax
+        where = jnp.expand_dims(where, axis)
+    return where
 
 
 def binary_cross_entropy(p, labels):
@@ -47,21 +60,33 @@ def sigmoid_binary_cross_entropy(logits, labels):
     return -labels * jax.nn.log_sigmoid(logits) - (1 - labels) * jax.nn.log_sigmoid(-logits)
 
 
-def softmax_cross_entropy(logits, labels, axis=-1):
-    labels = jnp.asarray(labels, logits.dtype)
-    return -(labels * log_softmax(logits, axis)).sum(axis)
+def softmax_cross_entropy(logits, labels, axis=-1, where=None):
+    labels, where = jnp.asarray(labels, logits.dtype), _class_mask(where, logits, axis)
+    log_p = log_softmax(logits, axis, where)
+    # a masked-out class takes no part: log p = -inf there becomes 0, so its label's gradient is 0, not NaN
+    return -(labels * (log_p if where is None else jnp.where(where, log_p, 0))).sum(axis)
 
 
-def softmax_cross_entropy_with_integer_labels(logits, labels, axis=-1):
-    # −log p_y from the shifted log_softmax, not logsumexp(z) − z_y, which cancels to the ulp of m.
+def softmax_cross_entropy_with_integer_labels(logits, labels, axis=-1, where=None):
+    where = _class_mask(where, logits, axis)
+    if not isinstance(axis, int):  # several class axes: moved last and flattened, labels index them row-major
+        axes = tuple(a % logits.ndim for a in axis)
+        batch = tuple(d for d in range(logits.ndim) if d not in axes)
+        flat = lambda a: jnp.transpose(jnp.broadcast_to(a, logits.shape), batch + axes).reshape(labels.shape + (-1,))
+        logits, where, axis = flat(logits), None if where is None else flat(where), -1
+    # −log p_y from the shifted log-sum-exp, not logsumexp(z) − z_y, which cancels to the ulp of m.
     classes, labels = logits.shape[axis], jnp.asarray(labels)
     # Labels in [-classes, classes), compared in their own dtype, leaving out bounds it cannot hold; a
     # row with any other label is multiplied by NaN, so its loss and its gradient are NaN.
     info = jnp.iinfo(labels.dtype)
     valid = ((labels < classes) if classes <= info.max else True) & ((labels >= -classes) if -classes >= info.min else True)
     poison = jnp.expand_dims(jnp.where(valid, 1.0, jnp.nan).astype(logits.dtype), axis)
-    index = jnp.where(valid, labels, 0).astype(jnp.int32) % classes
-    return -jnp.take_along_axis(log_softmax(logits * poison, axis), jnp.expand_dims(index, axis), axis).squeeze(axis)
+    index = jnp.expand_dims(jnp.where(valid, labels, 0).astype(jnp.int32) % classes, axis)
+    m = jax.lax.stop_gradient(jnp.max(logits, axis, keepdims=True, where=where, initial=-jnp.inf))
+    shifted = logits * poison - m
+    # the label's own logit, masked out or not, as optax takes it
+    loss = (logsumexp(shifted, axis, keepdims=True, where=where) - jnp.take_along_axis(shifted, index, axis)).squeeze(axis)
+    return loss if where is None else jnp.where(jnp.any(where, axis), loss, 0)
 
 
 def squared_error(predictions, targets=None):

@@ -1,6 +1,7 @@
 """The examples: each core runs in a fast mode by default; the slow tests check their accuracies."""
 import importlib
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -74,3 +75,13 @@ def test_data_parallel_cnn_reaches_97_percent():
 @pytest.mark.slow
 def test_autoencoder_reconstructs(tmp_path):
     assert example("train_autoencoder").run(out_dir=tmp_path, log=quiet)["test_loss"] < 0.005
+
+
+def test_runs_as_a_module_from_the_root():
+    """`python -m examples.train_cnn` from the repository's root, as well as `python examples/train_cnn.py`
+    (the other examples import `common` the same way)."""
+    root = pathlib.Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-m", "examples.train_cnn", "--help"], cwd=root, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout

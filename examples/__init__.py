@@ -1,0 +1,1 @@
+"""The examples, runnable as `python examples/<name>.py` or `python -m examples.<name>` from the root."""
