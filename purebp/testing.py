@@ -9,6 +9,8 @@ with and without ``jax.jit``; ``check_grads`` checks gradients against finite di
 """
 from __future__ import annotations
 
+import math
+
 import inspect
 import operator
 
@@ -96,13 +98,17 @@ def residual_bytes(fn, *args) -> int:
     """Bytes the backward pass of ``fn`` keeps alive between forward and backward.
 
     The sum of the sizes of the distinct array leaves of the function ``jax.vjp`` returns, taken
-    with respect to the floating-point arguments (others are closed over).
+    with respect to the floating-point arguments (others are closed over). Traced, never run
+    (``jax.eval_shape``): it costs no compilation, and no memory, however large the arguments.
     """
     argnums = _floating_argnums(args)
-    _, vjp_fn = jax.vjp(lambda *floats: fn(*_substitute(args, argnums, floats)),
-                        *(args[i] for i in argnums))
-    leaves = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves(vjp_fn) if hasattr(leaf, "dtype")}
-    return sum(int(np.size(leaf)) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves.values())
+
+    def residuals(*floats):
+        _, vjp_fn = jax.vjp(lambda *floats: fn(*_substitute(args, argnums, floats)), *floats)
+        return list({id(leaf): leaf for leaf in jax.tree_util.tree_leaves(vjp_fn) if hasattr(leaf, "dtype")}.values())
+
+    leaves = jax.eval_shape(residuals, *(args[i] for i in argnums))
+    return sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves)
 
 
 def _output_shapes(f, args, argnums):

@@ -1,4 +1,5 @@
-"""One small valid call of every operation of DESIGN.md, shared by test_transforms and test_dtypes.
+"""The tests' shared helpers: one small valid call of every operation of DESIGN.md (the op table that
+test_transforms, test_dtypes and test_sharding run over) and the tree assertion they use.
 
 ``EXAMPLES`` maps each op's name to its ``Example``: how to draw each positional argument from a
 seeded numpy generator, and the static options passed by keyword. Each argument has a role:
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +130,17 @@ def floating_argnums(args):
     """Positions of the arguments whose leaves are all floating point (all but integer labels)."""
     return tuple(i for i, a in enumerate(args)
                  if all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in jax.tree_util.tree_leaves(a)))
+
+
+def assert_trees_close(actual, expected, rtol, atol=None):
+    """chex's tree check, leaf by leaf in float64, with ``|a − e| ≤ rtol·|e| + atol·max|e|`` (``atol``
+    defaults to ``rtol``): the second term, relative to the leaf's largest element, keeps entries that
+    cancel to near zero from failing on rounding alone. Structures and shapes must be equal; dtypes
+    may differ (a half-precision result against its float64 reference)."""
+    atol = rtol if atol is None else atol
+    chex.assert_trees_all_equal_shapes(actual, expected)
+
+    def leaf(a, e):
+        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+        chex.assert_trees_all_close(a, e, rtol=rtol, atol=atol * float(np.max(np.abs(e), initial=0.0)))
+    jax.tree_util.tree_map(leaf, actual, expected)

@@ -6,7 +6,7 @@ import pytest
 
 import purebp
 from purebp import reference
-from purebp.testing import check_grads, check_vjp, residual_bytes
+from purebp.testing import check_vjp, residual_bytes
 
 ELEMENTWISE = ["sigmoid", "relu", "tanh"]
 ROWWISE = ["softmax", "log_softmax"]
@@ -38,58 +38,9 @@ def test_rowwise_vjp_matches_reference(name, shape, axis, dtype, rng):
     np.testing.assert_allclose(getattr(purebp, name)(z, axis), JAX_NN[name](z, axis), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
-def test_finite_differences_float64(name, x64, rng):
-    z = normal(rng, (3, 4), np.float64)
-    z = jnp.where(jnp.abs(z) < 1e-3, 0.5, z)  # keep relu's kink out of the finite-difference stencil
-    check_grads(getattr(purebp, name), z, order=2)
-
-
-@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
-def test_grad_of_grad_matches_reference(name, rng):
-    z = normal(rng, (3, 4), np.float32)
-    weights = normal(rng, (3, 4), np.float32)
-
-    def second(op):
-        return jax.grad(lambda v: jnp.sum(weights * jax.grad(lambda u: jnp.sum(weights * op(u)))(v) ** 2))(z)
-
-    np.testing.assert_allclose(second(getattr(purebp, name)), second(getattr(reference, name)),
-                               rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
-def test_vmap_matches_batched_call(name, rng):
-    z = normal(rng, (6, 5), np.float32)
-    op = getattr(purebp, name)
-    np.testing.assert_allclose(jax.vmap(op)(z), op(z), rtol=1e-6)
-    grads = jax.vmap(jax.grad(lambda row: jnp.sum(op(row) ** 2)))(z)
-    np.testing.assert_allclose(grads, jax.grad(lambda m: jnp.sum(op(m) ** 2))(z), rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
-def test_half_precision_keeps_dtype_and_accuracy(name, half, rng):
-    z = normal(rng, (4, 5), half)
-    y, vjp = jax.vjp(getattr(purebp, name), z)
-    grad = vjp(jnp.ones_like(y))[0]
-    assert y.dtype == half and grad.dtype == half
-    # Against float32 from the same rounded input: within a few ulps of the half type. (A rule
-    # written from the rounded output, such as σ(1 − σ), carries the output's ulp, as jax.nn's do.)
-    y32, vjp32 = jax.vjp(getattr(reference, name), z.astype(np.float32))
-    eps = float(jnp.finfo(half).eps)
-    np.testing.assert_allclose(y.astype(np.float32), y32, rtol=2 * eps, atol=2 * eps)
-    np.testing.assert_allclose(grad.astype(np.float32), vjp32(jnp.ones_like(y32))[0], rtol=4 * eps, atol=4 * eps)
-
-
 def test_sigmoid_keeps_exactly_its_output(rng):
     z = normal(rng, (8, 16), np.float32)
     assert residual_bytes(purebp.sigmoid, z) == z.size * 4
-
-
-@pytest.mark.parametrize("name", ELEMENTWISE + ROWWISE)
-def test_residuals_no_larger_than_autodiff(name, rng):
-    z = normal(rng, (8, 16), np.float32)
-    assert residual_bytes(getattr(purebp, name), z) <= residual_bytes(getattr(reference, name), z)
 
 
 def test_relu_keeps_a_boolean_mask(rng):

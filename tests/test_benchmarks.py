@@ -11,6 +11,7 @@ from benchmarks import report, runner, sharded, workloads  # noqa: E402
 from benchmarks.timing import Stats  # noqa: E402
 
 
+@pytest.mark.slow  # every workload compiled and timed once: ~50 s, so in .ci/run's slow pass
 def test_tiny_run_writes_every_workload(tmp_path):
     output = tmp_path / "benchmarks.md"
     assert runner.main(["--tiny", "--output", str(output)]) == 0  # 0: every sanity check passed

@@ -1,9 +1,8 @@
 """Data parallelism on JAX's own sharding: every device of the process, and two processes.
 
-The module runs twice. The README's ``pytest`` sees one CPU device: meshes of one device, the
-errors, and the two-process run (whose workers get two simulated devices each) are exercised;
-the tests that need several devices skip. ``.ci/run`` runs it again with eight simulated devices,
-which must be set before JAX is imported, and demands them::
+The module needs several devices: on one (the README's ``pytest`` on a CPU) it skips as a whole,
+keeping the default run short, and ``.ci/run`` runs it with eight simulated devices, which must be
+set before JAX is imported, and demands them::
 
     PUREBP_EXPECT_DEVICES=8 XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m pytest tests/test_distributed.py
 
@@ -20,6 +19,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +38,7 @@ DEVICES = jax.device_count()
 TESTS = pathlib.Path(__file__).parent
 several_devices = pytest.mark.skipif(
     DEVICES < 2, reason="needs several devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (.ci/run does)")
+pytestmark = several_devices
 
 
 @pytest.fixture
@@ -178,12 +179,6 @@ def train(step, params, optimizer, x, y, mesh=None, epochs=2):
     return params, losses
 
 
-def assert_trees_close(actual, expected, **tolerance):
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), **tolerance)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_data_parallel_training_equals_one_device(problem, dtype, any_mesh):
@@ -197,7 +192,7 @@ def test_data_parallel_training_equals_one_device(problem, dtype, any_mesh):
         assert all(leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == DEVICES
                    for leaf in jax.tree_util.tree_leaves(many))
         assert jax.tree_util.tree_leaves(many)[0].dtype == dtype
-        assert_trees_close(many, one, **TOLERANCE[dtype])
+        chex.assert_trees_all_close(many, one, **TOLERANCE[dtype])
         np.testing.assert_allclose(many_losses, one_losses, **TOLERANCE[dtype])
         assert loss(many, x, y) < loss(params, x, y)  # it trained
 
@@ -240,7 +235,7 @@ def test_fit_with_a_mesh_equals_fit_without(any_mesh):
     kwargs = dict(key=jax.random.PRNGKey(3), epochs=2, batch_size=16, log=None)
     one, one_history = training.fit(loss, params, (x, y), **kwargs)
     many, many_history = training.fit(loss, params, (x, y), mesh=any_mesh, **kwargs)
-    assert_trees_close(many, one, **TOLERANCE[np.float32])
+    chex.assert_trees_all_close(many, one, **TOLERANCE[np.float32])
     assert many_history[-1]["loss"] == pytest.approx(one_history[-1]["loss"], rel=1e-5)
     assert jax.tree_util.tree_leaves(many)[0].sharding.is_fully_replicated
 
@@ -252,7 +247,7 @@ def test_jax_make_mesh_explicit_axes_train_as_auto_ones(mesh):
     assert yours.axis_types == (jax.sharding.AxisType.Explicit,)
     kwargs = dict(key=jax.random.PRNGKey(3), epochs=1, batch_size=16, log=None)
     trained, _ = training.fit(loss, params, (x, y), mesh=yours, **kwargs)
-    assert_trees_close(trained, training.fit(loss, params, (x, y), mesh=mesh, **kwargs)[0], **TOLERANCE[np.float32])
+    chex.assert_trees_all_close(trained, training.fit(loss, params, (x, y), mesh=mesh, **kwargs)[0], **TOLERANCE[np.float32])
     placed = training.shard_batch(x[:16], yours)
     assert placed.sharding.spec == P("data") and placed.sharding.mesh.devices.tolist() == yours.devices.tolist()
     assert jax.typeof(placed).sharding.spec == P("data", None, None, None)  # the split is in the type
@@ -269,7 +264,7 @@ def test_fsdp_training_equals_one_device(problem, any_mesh):
     sharded = training.shard_params(params, any_mesh)
     many, many_losses = train(training.make_train_step(loss, optimizer, mesh=any_mesh), sharded, optimizer, x, y,
                               mesh=any_mesh)
-    assert_trees_close(many, one, **TOLERANCE[np.float32])
+    chex.assert_trees_all_close(many, one, **TOLERANCE[np.float32])
     np.testing.assert_allclose(many_losses, one_losses, **TOLERANCE[np.float32])
     placement = lambda tree: jax.tree_util.tree_map(lambda a: a.sharding, tree)
     assert placement(many) == placement(sharded)
@@ -327,7 +322,7 @@ def test_shard_map_step_with_pmean_equals_the_jitted_step(problem, mesh):
     jitted, jitted_losses = train(training.make_train_step(loss, optimizer, mesh=mesh), params, optimizer, x, y,
                                   mesh=mesh)
     mapped, mapped_losses = train(shard_map_step(loss, optimizer, mesh), params, optimizer, x, y, mesh=mesh)
-    assert_trees_close(mapped, jitted, **TOLERANCE[np.float32])
+    chex.assert_trees_all_close(mapped, jitted, **TOLERANCE[np.float32])
     np.testing.assert_allclose(mapped_losses, jitted_losses, **TOLERANCE[np.float32])
 
 
@@ -348,7 +343,7 @@ def op_case(name, options=None):
 
 
 def close(actual, expected):
-    assert_trees_close(actual, expected, rtol=2e-5, atol=2e-6)
+    chex.assert_trees_all_close(actual, expected, rtol=2e-5, atol=2e-6)
 
 
 @several_devices
@@ -478,7 +473,7 @@ def test_two_processes_train_as_one(tmp_path):
     first, second = (load_params(tmp_path / f"process_{i}.npz") for i in range(2))
     jax.tree_util.tree_map(np.testing.assert_array_equal, first, second)
     one_process = multihost_worker.fit(*multihost_worker.problem())
-    assert_trees_close(first, one_process, **TOLERANCE[np.float32])
+    chex.assert_trees_all_close(first, one_process, **TOLERANCE[np.float32])
 
 
 def test_example_trains_over_every_device(mesh):
@@ -494,4 +489,4 @@ def test_example_trains_over_every_device(mesh):
     assert result["test_accuracy"] > 0.5
     if DEVICES > 1:  # the same CNN on one device, 42 steps
         alone = train_cnn.run(epochs=1, batch_size=32, log=lambda line: None)
-        assert_trees_close(result["params"], alone["params"], rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(result["params"], alone["params"], rtol=1e-4, atol=1e-5)

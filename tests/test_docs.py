@@ -71,6 +71,7 @@ def expected_output(source, tree):
     return expected
 
 
+@pytest.mark.slow  # the pages train models: ~100 s in all, so in .ci/run's slow pass
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)])
 def test_code_blocks_run_and_print_what_they_show(page, monkeypatch, tmp_path):
     pytest.importorskip("sklearn", reason="some blocks load scikit-learn's datasets")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from op_examples import EXAMPLES, cast, draw, floating_argnums, op, twin
+from op_examples import EXAMPLES, assert_trees_close, cast, draw, floating_argnums, op, twin
 
 # Accuracy of every op, values and cotangents, against the float64 reference evaluated on the same
 # inputs (already rounded to the dtype): elementwise
@@ -68,10 +68,7 @@ def float64_reference(name):
 
 def assert_within_tolerance(got, want, dtype):
     rtol, atol = TOLERANCE[jnp.dtype(dtype)]
-    for i, (g, w) in enumerate(zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True)):
-        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * np.max(np.abs(w), initial=0.0),
-                                   err_msg=f"leaf {i} (0 is the output, then the cotangents)")
+    assert_trees_close(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), rtol, atol)  # (out, *cotangents)
 
 
 def dtypes_of(tree):

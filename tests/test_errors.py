@@ -113,8 +113,8 @@ CASES = {
     "max_pool-stride": (lambda: purebp.max_pool(IMG, 2, stride=0), ValueError, r"`stride` must be positive, got 0"),
     "max_pool-padding": (lambda: purebp.max_pool(IMG, 2, padding="full"), ValueError, r"`padding` must be"),
     "max_pool-int": (lambda: purebp.max_pool(IMG.astype(jnp.int32), 2), TypeError, r"`x` must have a floating-point"),
-    "avg_pool-window": (lambda: purebp.avg_pool(IMG, (2, 2, 2)), ValueError,
-                        r"`window` must be an int or a tuple of 2 ints .* got \(2, 2, 2\)"),
+    "avg_pool-stride": (lambda: purebp.avg_pool(IMG, 2, (1, 1, 1)), ValueError,
+                        r"`stride` must be an int or a tuple of 2 ints .* got \(1, 1, 1\)"),
     "avg_pool-count_include_pad": (lambda: purebp.avg_pool(IMG, 2, count_include_pad=1), TypeError,
                                    r"`count_include_pad` must be a bool, got 1"),
 }

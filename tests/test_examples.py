@@ -1,4 +1,5 @@
-"""The examples: each core runs in a fast mode by default; the slow tests check their accuracies."""
+"""The examples: one runs briefly by default (with its --save and the module entry point); the slow
+tests, which .ci/run runs, train each fully and check its accuracy."""
 import importlib
 import pathlib
 import subprocess
@@ -20,26 +21,8 @@ def quiet(line):
     pass
 
 
-def test_mlp_layer_by_layer_and_whole_network_agree():
-    results = example("train_mlp").run(epochs=2, log=quiet)
-    assert results["gradient_gap"] < 1e-6
-    for name in ("layer-by-layer", "purebp.mlp"):
-        assert results[name]["test_accuracy"] > 0.3  # well above chance (0.1) after two epochs
-
-
 def test_binary_runs():
     assert example("train_binary").run(epochs=2, log=quiet)["test_accuracy"] > 0.8
-
-
-def test_cnn_runs():
-    assert example("train_cnn").run(epochs=1, log=quiet)["test_accuracy"] > 0.5
-
-
-def test_autoencoder_writes_its_pictures(tmp_path):
-    result = example("train_autoencoder").run(epochs=2, out_dir=tmp_path, log=quiet)
-    assert result["history"][-1]["test_loss"] < result["history"][0]["test_loss"]
-    for png in ("reconstructions.png", "loss.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_save_writes_loadable_params(tmp_path):
@@ -51,8 +34,9 @@ def test_save_writes_loadable_params(tmp_path):
 
 
 @pytest.mark.slow
-def test_mlp_reaches_95_percent():
+def test_mlp_reaches_95_percent_and_both_networks_agree():
     results = example("train_mlp").run(log=quiet)
+    assert results["gradient_gap"] < 1e-6  # layer by layer and purebp.mlp: the same gradients
     assert results["layer-by-layer"]["test_accuracy"] >= 0.95
     assert results["purebp.mlp"]["test_accuracy"] >= 0.95
 
@@ -73,8 +57,11 @@ def test_data_parallel_cnn_reaches_97_percent():
 
 
 @pytest.mark.slow
-def test_autoencoder_reconstructs(tmp_path):
-    assert example("train_autoencoder").run(out_dir=tmp_path, log=quiet)["test_loss"] < 0.005
+def test_autoencoder_reconstructs_and_writes_its_pictures(tmp_path):
+    result = example("train_autoencoder").run(out_dir=tmp_path, log=quiet)
+    assert result["test_loss"] < 0.005
+    for png in ("reconstructions.png", "loss.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_runs_as_a_module_from_the_root():

@@ -44,14 +44,14 @@ def projected_grad(fn, x):
     def projection(x):
         y = finite(fn(x))
         return jnp.vdot(y, jnp.linspace(-1, 1, y.size).reshape(y.shape))
-    return jax.grad(projection)(x)
+    return jax.jit(jax.grad(projection))(x)
 
 
 def assert_matches_peer(name, x, **options):
     """Value and logits-gradient equal the peer's; the hand-written VJP equals autodiff of the twin."""
     op, twin, peer, args = OPS[name]
-    ours = lambda x: op(x, *args, **options)
-    theirs = lambda x: peer(x, *args, **options)
+    ours = jax.jit(lambda x: op(x, *args, **options))
+    theirs = jax.jit(lambda x: peer(x, *args, **options))
     # atol: optax forms logsumexp(z) − z_y, which rounds at the ulp of max z (5e-7 at 5.5); purebp doesn't
     np.testing.assert_allclose(ours(x), theirs(x), rtol=2e-6, atol=1e-6)
     np.testing.assert_allclose(projected_grad(ours, x), projected_grad(theirs, x), rtol=2e-6, atol=1e-7)
@@ -150,8 +150,8 @@ def test_integer_labels_of_no_examples():
                                              pytest.param(purebp.avg_pool, nn.avg_pool, id="avg")])
 def test_pool_batch_dims(pool, flax_pool, shape):
     x = np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape).astype(np.float32)  # no ties
-    ours = lambda x: pool(x, (3, 3), (2, 2), "SAME")
-    theirs = lambda x: flax_pool(x, (3, 3), (2, 2), "SAME")
+    ours = jax.jit(lambda x: pool(x, (3, 3), (2, 2), "SAME"))
+    theirs = jax.jit(lambda x: flax_pool(x, (3, 3), (2, 2), "SAME"))
     np.testing.assert_array_equal(ours(x), theirs(x))
     np.testing.assert_allclose(projected_grad(ours, x), projected_grad(theirs, x), rtol=1e-6)
 

@@ -1,5 +1,4 @@
 """Tests for purebp.pooling: max_pool and avg_pool against flax, their reference twins and numpy."""
-import doctest
 import importlib
 import itertools
 from functools import partial
@@ -243,14 +242,6 @@ POOLS = {
 
 
 @pytest.mark.parametrize("name", POOLS)
-def test_finite_differences_float64(name, x64):
-    op, _, kwargs = POOLS[name]
-    x = distinct((1, 5, 6, 2), dtype=jnp.float64)
-    assert x.dtype == jnp.float64
-    testing.check_grads(partial(op, **kwargs), x, order=2)
-
-
-@pytest.mark.parametrize("name", POOLS)
 def test_jit_matches_eager(name):
     op, _, kwargs = POOLS[name]
     x = ties((2, 7, 6, 3))
@@ -258,29 +249,6 @@ def test_jit_matches_eager(name):
     np.testing.assert_array_equal(jax.jit(f)(x), f(x))
     loss = lambda x: jnp.sum(jnp.sin(f(x)))
     np.testing.assert_allclose(jax.jit(jax.grad(loss))(x), jax.grad(loss)(x), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", POOLS)
-def test_vmap_matches_per_example_calls(name):
-    op, ref, kwargs = POOLS[name]
-    xs = ties((3, 2, 7, 6, 3))
-    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x, **kwargs)))
-    got, got_grads = jax.vmap(partial(op, **kwargs))(xs), jax.vmap(jax.grad(loss(op)))(xs)
-    for i in range(3):
-        np.testing.assert_allclose(got[i], ref(xs[i], **kwargs), rtol=1e-6)  # x / n vs reference's x / Σ1
-        np.testing.assert_allclose(got_grads[i], jax.grad(loss(ref))(xs[i]), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", POOLS)
-def test_grad_of_grad_matches_reference(name):
-    op, ref, kwargs = POOLS[name]
-    x, weights = distinct((2, 7, 6, 3)), distinct((2, 7, 6, 3), seed=1)
-
-    def second_order(f):
-        loss = lambda x: jnp.sum(jnp.sin(f(x, **kwargs)) + f(x, **kwargs) ** 2)
-        return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(loss)(x) * weights)))(x)
-
-    np.testing.assert_allclose(second_order(op), second_order(ref), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("x_shape, window, stride, pads", TIE_CASES)
@@ -296,26 +264,11 @@ def test_grad_of_grad_at_ties_routes_through_the_first_maximum(x_shape, window, 
     np.testing.assert_allclose(got, first_max_routing(x, window, stride, pads, gathered), rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-@pytest.mark.parametrize("name", POOLS)
-def test_low_precision_returns_input_dtype(name, dtype):
-    op, ref, kwargs = POOLS[name]
-    x = ties((2, 7, 6, 3), dtype=dtype)
-    f = partial(op, **kwargs)
-    assert f(x).dtype == dtype
-    assert jax.grad(lambda x: jnp.sum(f(x)).astype(jnp.float32))(x).dtype == dtype
-    testing.check_vjp(f, partial(ref, **kwargs), x)
-
-
 def test_float64_keeps_float64(x64):
     x = distinct((1, 4, 4, 1), dtype=jnp.float64)
     for op in (purebp.max_pool, purebp.avg_pool):
         assert op(x, 2).dtype == jnp.float64
         assert jax.grad(lambda x: op(x, 2).sum())(x).dtype == jnp.float64
-
-
-def test_docstring_examples():
-    assert doctest.testmod(pooling_module, extraglobs={"jnp": jnp}).failed == 0
 
 
 # ---- bad input ----
@@ -344,9 +297,12 @@ BAD_INPUTS = [
                  r"`stride` must be positive, got 0", id="avg-stride-zero"),
     pytest.param(lambda: purebp.max_pool(ones(1, 4, 4, 1), 2, -2), ValueError,
                  r"`stride` must be positive, got -2", id="max-stride-negative"),
-    pytest.param(lambda: purebp.max_pool(ones(1, 4, 4, 1), (2, 2, 2)), ValueError,
-                 r"`window` must be an int or a tuple of 2 ints \(one per spatial dim\), got \(2, 2, 2\)",
-                 id="max-window-length"),
+    pytest.param(lambda: purebp.max_pool(ones(1, 4, 4, 1), 2, (1, 1, 1)), ValueError,
+                 r"`stride` must be an int or a tuple of 2 ints \(one per spatial dim\), got \(1, 1, 1\)",
+                 id="max-stride-length"),
+    pytest.param(lambda: purebp.max_pool(ones(4, 4, 1), (2, 2, 2)), ValueError,  # a tuple window: flax's layout
+                 r"`x` must be \(\*batch, \*spatial, C\) with as many spatial dims as `window` \(2, 2, 2\)",
+                 id="max-window-longer-than-input"),
     pytest.param(lambda: purebp.max_pool(ones(1, 4, 4, 1), 2.0), ValueError,
                  r"`window` must be an int or a tuple of 2 ints", id="max-window-float"),
     pytest.param(lambda: purebp.max_pool(ones(1, 4, 4, 1), 2, padding="FULL"), ValueError,

@@ -8,29 +8,28 @@ FSDP (the weights split over the batch axis too) and tensor parallel (a 4×2 ``(
 mesh, dense's ``w`` split over ``"model"``). The compiled steps' collectives are counted, so that
 a change that adds one shows.
 
-Like ``test_distributed.py``, the module runs twice: on one CPU device in the README's ``pytest``
-(a mesh of one device still types every array with its axes, so a rule that mistypes a cotangent
-fails there too), and on eight simulated devices in ``.ci/run``, where the splits are real.
+Like ``test_distributed.py``, the module needs several devices and skips as a whole on one (the
+README's ``pytest`` on a CPU); ``.ci/run`` runs it on eight simulated devices, where the splits are real.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, PartitionSpec as P
 
 import purebp
-from purebp import layers, reference, training
+from purebp import layers, reference
 from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, roles
 
 DEVICES = jax.device_count()
 several_devices = pytest.mark.skipif(
     DEVICES < 8, reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (.ci/run does)")
-# On one device Auto axes shard nothing; Explicit ones still type every array with the axis.
+pytestmark = pytest.mark.skipif(
+    DEVICES < 2, reason="needs several devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (.ci/run does)")
 MODES = [pytest.param(AxisType.Explicit, id="explicit"),
-         pytest.param(AxisType.Auto, id="auto", marks=pytest.mark.skipif(DEVICES < 2, reason="nothing to shard"))]
+         pytest.param(AxisType.Auto, id="auto")]
 TOLERANCE = {"rtol": 2e-5, "atol": 2e-6}
 
 

@@ -29,7 +29,7 @@ def test_step_changes_params_as_optax_does(rng):
     optimizer = optax.sgd(0.1, momentum=0.9)
     step = training.make_train_step(loss, optimizer)
     new_params, opt_state, value = step(params, optimizer.init(params), x, y)
-    updates, _ = optimizer.update(jax.grad(loss)(params, x, y), optimizer.init(params), params)
+    updates, _ = optimizer.update(jax.jit(jax.grad(loss))(params, x, y), optimizer.init(params), params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                            new_params, optax.apply_updates(params, updates))
     assert float(value) == pytest.approx(float(loss(params, x, y)), rel=1e-6)
