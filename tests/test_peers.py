@@ -48,14 +48,14 @@ def projected_grad(fn, x):
 
 
 def assert_matches_peer(name, x, **options):
-    """Value and logits-gradient equal the peer's; the hand-written VJP equals autodiff of the twin."""
+    """Value and logits-gradient equal the peer's and the twin's (the hand-written VJP against two
+    autodiffs: jax.nn's or optax's, and the twin's, which ``check_vjp`` holds the op to elsewhere)."""
     op, twin, peer, args = OPS[name]
-    ours = jax.jit(lambda x: op(x, *args, **options))
-    theirs = jax.jit(lambda x: peer(x, *args, **options))
-    # atol: optax forms logsumexp(z) − z_y, which rounds at the ulp of max z (5e-7 at 5.5); purebp doesn't
-    np.testing.assert_allclose(ours(x), theirs(x), rtol=2e-6, atol=1e-6)
-    np.testing.assert_allclose(projected_grad(ours, x), projected_grad(theirs, x), rtol=2e-6, atol=1e-7)
-    check_vjp(lambda x, *a: finite(op(x, *a, **options)), lambda x, *a: finite(twin(x, *a, **options)), x, *args)
+    ours, *oracles = (jax.jit(lambda x, f=f: f(x, *args, **options)) for f in (op, peer, twin))
+    for oracle in oracles:
+        # atol: optax forms logsumexp(z) − z_y, which rounds at the ulp of max z (5e-7 at 5.5); purebp doesn't
+        np.testing.assert_allclose(ours(x), oracle(x), rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(projected_grad(ours, x), projected_grad(oracle, x), rtol=2e-6, atol=1e-7)
 
 
 # --- where= masks -------------------------------------------------------------------------------------
@@ -65,6 +65,15 @@ def assert_matches_peer(name, x, **options):
 @pytest.mark.parametrize("name", OPS)
 def test_class_mask(name, where):
     assert_matches_peer(name, LOGITS, where=where)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_masked_vjp_matches_the_twin(name):
+    """Every argument's cotangent, eager and jitted, for a random cotangent: the labels' too (0 where
+    a class is masked out, where optax's is NaN)."""
+    op, twin, _, args = OPS[name]
+    check_vjp(lambda x, *a: finite(op(x, *a, where=CLASS_MASK)), lambda x, *a: finite(twin(x, *a, where=CLASS_MASK)),
+              LOGITS, *args)
 
 
 @pytest.mark.parametrize("name", LOSSES)
