@@ -51,8 +51,12 @@ def assert_matches_peer(name, x, **options):
     """Value and logits-gradient equal the peer's and the twin's (the hand-written VJP against two
     autodiffs: jax.nn's or optax's, and the twin's, which ``check_vjp`` holds the op to elsewhere)."""
     op, twin, peer, args = OPS[name]
-    ours, *oracles = (jax.jit(lambda x, f=f: f(x, *args, **options)) for f in (op, peer, twin))
-    for oracle in oracles:
+
+    def on_logits(f):
+        return jax.jit(lambda x: f(x, *args, **options))
+
+    ours = on_logits(op)
+    for oracle in (on_logits(peer), on_logits(twin)):
         # atol: optax forms logsumexp(z) − z_y, which rounds at the ulp of max z (5e-7 at 5.5); purebp doesn't
         np.testing.assert_allclose(ours(x), oracle(x), rtol=2e-6, atol=1e-6)
         np.testing.assert_allclose(projected_grad(ours, x), projected_grad(oracle, x), rtol=2e-6, atol=1e-7)
