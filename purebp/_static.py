@@ -21,18 +21,21 @@ def check_floating(x, name: str) -> None:
 
     A list or tuple is refused, as ``jax.numpy``'s functions refuse it, by name: its dtype and shape
     are ambiguous until converted."""
-    if isinstance(x, (list, tuple)):
-        raise TypeError(f"`{name}` must be an array, got a {type(x).__name__}; convert it with jnp.asarray first.")
+    _check_not_a_sequence(x, name)
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(f"`{name}` must have a floating-point dtype, got {jnp.result_type(x)}.")
 
 
 def check_integer(x, name: str) -> None:
     """Raises TypeError unless ``x`` is an array (or scalar) with an integer dtype; lists as ``check_floating``."""
-    if isinstance(x, (list, tuple)):
-        raise TypeError(f"`{name}` must be an array, got a {type(x).__name__}; convert it with jnp.asarray first.")
+    _check_not_a_sequence(x, name)
     if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
         raise TypeError(f"`{name}` must have an integer dtype, got {jnp.result_type(x)}.")
+
+
+def _check_not_a_sequence(x, name: str) -> None:
+    if isinstance(x, (list, tuple)):
+        raise TypeError(f"`{name}` must be an array, got a {type(x).__name__}; convert it with jnp.asarray first.")
 
 
 def check_dtype_of(a, a_name: str, like, like_name: str) -> None:
@@ -88,8 +91,7 @@ def mask(where, shape, name: str = "where"):
     is refused."""
     if where is None:
         return None
-    if isinstance(where, (list, tuple)):
-        raise TypeError(f"`{name}` must be an array, got a {type(where).__name__}; convert it with jnp.asarray first.")
+    _check_not_a_sequence(where, name)
     where = jnp.asarray(where)
     try:
         broadcast = jnp.broadcast_shapes(where.shape, tuple(shape))

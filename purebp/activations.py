@@ -214,11 +214,11 @@ def masked(x, where, fill):
     return x if where is None else jnp.where(where, x, fill)
 
 
-def row_max(z, axis, where=None):
-    """The max along ``axis`` over the unmasked entries (-inf for none, or an empty axis), as a
-    constant: any shift gives the same softmax, so the max carries no gradient (``stop_gradient``
-    keeps grad of grad from differentiating it)."""
-    return lax.stop_gradient(jnp.max(z, axis, keepdims=True, where=where, initial=-jnp.inf))
+def row_max(z, axis):
+    """The max along ``axis`` (-inf for an empty axis, or a row masked to -inf), as a constant: any
+    shift gives the same softmax, so the max carries no gradient (``stop_gradient`` keeps grad of
+    grad from differentiating it)."""
+    return lax.stop_gradient(jnp.max(z, axis, keepdims=True, initial=-jnp.inf))
 
 
 def shift(z, m):

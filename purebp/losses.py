@@ -262,8 +262,9 @@ def _softmax_cross_entropy_with_integer_labels(axis, z, labels, where):
 
 
 def _softmax_cross_entropy_with_integer_labels_fwd(axis, z, labels, where):
-    m = row_max(z, axis, where)
-    unnormalized = jnp.exp(shift(masked(z, where, -jnp.inf), m))
+    z_included = masked(z, where, -jnp.inf)
+    m = row_max(z_included, axis)
+    unnormalized = jnp.exp(shift(z_included, m))
     normalizer = unnormalized.sum(axis, keepdims=True)
     classes = z.shape[axis]
     # The label's own logit, masked out or not, as optax takes it.
