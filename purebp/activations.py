@@ -49,6 +49,7 @@ def _sigmoid_bwd(y, g):  # (σ(z), ct y) -> (ct z,)
 
 
 sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+sigmoid = jax.jit(sigmoid)  # one program per call (purebp/__init__.py)
 
 
 @jax.custom_vjp
@@ -82,6 +83,7 @@ def _relu_bwd(positive, g):  # (z > 0, ct y) -> (ct z,)
 
 
 relu.defvjp(_relu_fwd, _relu_bwd)
+relu = jax.jit(relu)  # one program per call (purebp/__init__.py)
 
 
 @jax.custom_vjp
@@ -115,6 +117,7 @@ def _tanh_bwd(y, g):  # (tanh z, ct y) -> (ct z,)
 
 
 tanh.defvjp(_tanh_fwd, _tanh_bwd)
+tanh = jax.jit(tanh)  # one program per call (purebp/__init__.py)
 
 
 def softmax(z, axis=-1, where=None):
@@ -163,6 +166,7 @@ def _softmax_bwd(axis, p, g):  # (p, ct p) -> (ct z, ct where)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
+_softmax = jax.jit(_softmax, static_argnums=0)  # one program per call (purebp/__init__.py)
 
 
 def log_softmax(z, axis=-1, where=None):
@@ -207,6 +211,7 @@ def _log_softmax_bwd(axis, res, g):  # ((log p, where), ct y) -> (ct z, ct where
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+_log_softmax = jax.jit(_log_softmax, static_argnums=0)  # one program per call (purebp/__init__.py)
 
 
 def masked(x, where, fill):

@@ -98,6 +98,7 @@ def _weight_and_bias_cotangents(a_prev, delta, w):
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
+_dense = jax.jit(_dense, static_argnums=0)  # one program per call (purebp/__init__.py)
 
 
 def mlp(params, x, *, activation: str = "sigmoid", output_activation: str = "identity"):
@@ -180,3 +181,4 @@ def _mlp_bwd(activation, output_activation, bias_types, res, g):  # ((W, a⁰…
 
 
 _mlp.defvjp(_mlp_fwd, _mlp_bwd)
+_mlp = jax.jit(_mlp, static_argnums=(0, 1, 2))  # one program per call (purebp/__init__.py)

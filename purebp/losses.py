@@ -44,6 +44,9 @@ def binary_cross_entropy(p, labels):
     return _binary_cross_entropy(p, jnp.asarray(labels).astype(jnp.result_type(p)))
 
 
+binary_cross_entropy = jax.jit(binary_cross_entropy)  # one program per call (purebp/__init__.py)
+
+
 @jax.custom_vjp
 def _binary_cross_entropy(p, y):
     return _binary_cross_entropy_fwd(p, y)[0]
@@ -97,6 +100,9 @@ def sigmoid_binary_cross_entropy(logits, labels):
     return _sigmoid_binary_cross_entropy(logits, jnp.asarray(labels).astype(jnp.result_type(logits)))
 
 
+sigmoid_binary_cross_entropy = jax.jit(sigmoid_binary_cross_entropy)  # one program per call (purebp/__init__.py)
+
+
 @jax.custom_vjp
 def _sigmoid_binary_cross_entropy(z, y):
     return _sigmoid_binary_cross_entropy_fwd(z, y)[0]
@@ -148,9 +154,13 @@ def softmax_cross_entropy(logits, labels, axis=-1, where=None):
     """
     _static.check_floating(logits, "logits")
     _static.check_same_shape(logits, "logits", labels, "labels")
-    axis = _static.normalize_axes(axis, jnp.ndim(logits))
-    return _softmax_cross_entropy(axis, logits, jnp.asarray(labels).astype(jnp.result_type(logits)),
-                                  _class_mask(where, logits, axis))
+    return _softmax_cross_entropy_program(_static.normalize_axes(axis, jnp.ndim(logits)), logits, labels, where)
+
+
+@partial(jax.jit, static_argnums=0)  # one program per call (purebp/__init__.py)
+def _softmax_cross_entropy_program(axis, logits, labels, where):
+    labels = jnp.asarray(labels).astype(jnp.result_type(logits))
+    return _softmax_cross_entropy(axis, logits, labels, _class_mask(where, logits, axis))
 
 
 def _class_mask(where, logits, axis):
@@ -216,6 +226,11 @@ def softmax_cross_entropy_with_integer_labels(logits, labels, axis=-1, where=Non
         without = f"axis {axes[0]}" if len(axes) == 1 else f"axes {axes}"
         raise ValueError(f"`labels` must have the shape of `logits` {jnp.shape(logits)} without {without}, "
                          f"{batch_shape}, got {jnp.shape(labels)}.")
+    return _integer_labels_program(axes, logits, labels, where)
+
+
+@partial(jax.jit, static_argnums=0)  # one program per call (purebp/__init__.py)
+def _integer_labels_program(axes, logits, labels, where):
     where = _class_mask(where, logits, axes)
     if len(axes) == 1:
         axis = axes[0]
@@ -341,6 +356,7 @@ def l2_loss(predictions, targets=None):
     return _squared_error_family(1.0, predictions, targets)
 
 
+@partial(jax.jit, static_argnums=0)  # one program per call (purebp/__init__.py)
 def _squared_error_family(slope, predictions, targets):
     _static.check_floating(predictions, "predictions")
     if targets is None:

@@ -64,3 +64,4 @@ def _zero_pad_bwd(pairs, _, g):  # (nothing, ct y) -> (ct x,)
 
 
 _zero_pad.defvjp(_zero_pad_fwd, _zero_pad_bwd)
+_zero_pad = jax.jit(_zero_pad, static_argnums=0)  # one program per call (purebp/__init__.py)

@@ -115,6 +115,7 @@ def _max_pool_bwd(geometry, argmax, g):  # (argmax, ct y) -> (ct x,)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool = jax.jit(_max_pool, static_argnums=0)  # one program per call (purebp/__init__.py)
 
 
 def avg_pool(x, window, stride=None, padding="VALID", count_include_pad=True):
@@ -187,6 +188,7 @@ def _avg_pool_bwd(geometry, count_include_pad, _, g):  # (nothing, ct y) -> (ct 
 
 
 _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+_avg_pool = jax.jit(_avg_pool, static_argnums=(0, 1))  # one program per call (purebp/__init__.py)
 
 
 def _window_sizes(geometry: _Geometry, count_include_pad: bool, dtype):

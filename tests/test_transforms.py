@@ -6,6 +6,10 @@ reverse mode. Forward mode cannot enter a ``jax.custom_vjp``: that JAX error is 
 The arguments of every op come from the one table in ``op_examples``.
 """
 import functools
+import json
+import pathlib
+import subprocess
+import sys
 
 import chex
 import jax
@@ -88,6 +92,19 @@ def test_jit_with_static_options(name):
     jitted_op = lambda *args: jitted(*args, **options)
     got = jax.jit(lambda *a: (jitted_op(*a), jax.value_and_grad(scalar_of(jitted_op, weight), argnums)(*a)))(*args)
     assert_trees_close(got, reference_call(name), RTOL32)
+
+
+def test_an_eager_vjp_compiles_one_program_each_way():
+    """Called eagerly, every op runs as one jitted program (as jax.nn's ops do) and its VJP as a
+    second, never primitive by primitive, each compiled apart. Counted in a fresh process
+    (tests/eager_compiles.py), where no earlier test compiled any of them."""
+    script = pathlib.Path(__file__).with_name("eager_compiles.py")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=script.parent)
+    assert run.returncode == 0, run.stderr[-4000:]
+    programs = json.loads(run.stdout)
+    assert list(programs) == OPS
+    not_one_each_way = {name: names for name, names in programs.items() if len(names) != 2 or names[0] != names[1]}
+    assert not not_one_each_way, not_one_each_way
 
 
 # --- vmap --------------------------------------------------------------------------------------
