@@ -12,6 +12,7 @@ first maximum, and with it every derivative, is the same in every dtype.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, NamedTuple
 
 import chex
@@ -21,6 +22,7 @@ import numpy as np
 
 import purebp
 from purebp import reference
+from purebp.testing import check_vjp
 
 
 class Arg(NamedTuple):
@@ -144,3 +146,16 @@ def assert_trees_close(actual, expected, rtol, atol=None):
         a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
         chex.assert_trees_all_close(a, e, rtol=rtol, atol=atol * float(np.max(np.abs(e), initial=0.0)))
     jax.tree_util.tree_map(leaf, actual, expected)
+
+
+# The modules' grids vary an op's shapes and options for its first-order rule; check_vjp's other
+# parts (second order, vmap, each argument and output alone, the float32 truth of low precision)
+# run over the op table once, in test_transforms. PUREBP_CHECK_VJP=defaults runs every grid case at
+# check_vjp's defaults as well (about twice the grids' time).
+FIRST_ORDER = {} if os.environ.get("PUREBP_CHECK_VJP") == "defaults" else {
+    "order": 1, "vmap": False, "each_alone": False, "float32_reference": False}
+
+
+def check_first_order(fn, reference, *args, **options):
+    """``check_vjp`` as the modules' grids use it: see ``FIRST_ORDER``."""
+    check_vjp(fn, reference, *args, **{**FIRST_ORDER, **options})

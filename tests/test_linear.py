@@ -6,7 +6,8 @@ import pytest
 
 import purebp
 from purebp import reference
-from purebp.testing import check_vjp, residual_bytes
+from purebp.testing import residual_bytes
+from op_examples import check_first_order
 
 ACTIVATIONS = ["sigmoid", "tanh", "relu", "identity"]
 BATCH_SHAPES = [pytest.param((), id="unbatched"), pytest.param((4,), id="batch"), pytest.param((2, 3), id="2-batch-dims")]
@@ -35,7 +36,7 @@ def composed_mlp(params, x, activation, output_activation):
 def test_dense_vjp_matches_reference(batch_shape, with_bias, dtype, rng):
     x, w = normal(rng, batch_shape + (5,), dtype), normal(rng, (5, 3), dtype)
     args = (x, w, normal(rng, (3,), dtype)) if with_bias else (x, w)
-    check_vjp(purebp.dense, reference.dense, *args)
+    check_first_order(purebp.dense, reference.dense, *args)
     np.testing.assert_allclose(purebp.dense(*args), x @ w + (args[2] if with_bias else 0), rtol=1e-6)
 
 
@@ -60,14 +61,14 @@ def test_mlp_equals_composition_of_ops(depth, activation, output_activation, rng
     params, x = make_params(rng, sizes, np.float32), normal(rng, (10, 6), np.float32)
     fused = lambda p, x: purebp.mlp(p, x, activation=activation, output_activation=output_activation)
     composed = lambda p, x: composed_mlp(p, x, activation, output_activation)
-    check_vjp(fused, composed, params, x)
+    check_first_order(fused, composed, params, x)
 
 
 @pytest.mark.parametrize("batch_shape", BATCH_SHAPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_mlp_vjp_matches_reference(activation, batch_shape, dtype, rng):
     params, x = make_params(rng, [5, 7, 4], dtype), normal(rng, batch_shape + (5,), dtype)
-    check_vjp(lambda p, x: purebp.mlp(p, x, activation=activation, output_activation="tanh"),
+    check_first_order(lambda p, x: purebp.mlp(p, x, activation=activation, output_activation="tanh"),
               lambda p, x: reference.mlp(p, x, activation=activation, output_activation="tanh"), params, x)
 
 

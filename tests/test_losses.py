@@ -7,7 +7,7 @@ import pytest
 
 import purebp
 from purebp import reference
-from purebp.testing import check_vjp
+from op_examples import check_first_order
 
 SHAPES = [pytest.param((), id="scalar"), pytest.param((7,), id="1d"), pytest.param((4, 5), id="batched")]
 ROW_SHAPES = [pytest.param((7,), -1, id="1d"), pytest.param((4, 5), -1, id="rows"),
@@ -37,13 +37,13 @@ def integer_labels(rng, shape, axis):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_binary_cross_entropy(shape, dtype, rng):
     p, labels = uniform(rng, shape, dtype, 0.05, 0.95), uniform(rng, shape, dtype)
-    check_vjp(purebp.binary_cross_entropy, reference.binary_cross_entropy, p, labels)
+    check_first_order(purebp.binary_cross_entropy, reference.binary_cross_entropy, p, labels)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_sigmoid_binary_cross_entropy(shape, dtype, rng):
     logits, labels = normal(rng, shape, dtype), uniform(rng, shape, dtype)
-    check_vjp(purebp.sigmoid_binary_cross_entropy, reference.sigmoid_binary_cross_entropy, logits, labels)
+    check_first_order(purebp.sigmoid_binary_cross_entropy, reference.sigmoid_binary_cross_entropy, logits, labels)
     np.testing.assert_allclose(purebp.sigmoid_binary_cross_entropy(logits, labels),
                                optax.sigmoid_binary_cross_entropy(logits, labels), rtol=1e-6)
 
@@ -51,7 +51,7 @@ def test_sigmoid_binary_cross_entropy(shape, dtype, rng):
 @pytest.mark.parametrize("shape, axis", ROW_SHAPES)
 def test_softmax_cross_entropy(shape, axis, dtype, rng):
     logits, labels = normal(rng, shape, dtype), label_distribution(rng, shape, axis, dtype)
-    check_vjp(purebp.softmax_cross_entropy, reference.softmax_cross_entropy, logits, labels, axis)
+    check_first_order(purebp.softmax_cross_entropy, reference.softmax_cross_entropy, logits, labels, axis)
     ours, theirs = (jax.jit(f, static_argnums=2) for f in (purebp.softmax_cross_entropy, optax.softmax_cross_entropy))
     np.testing.assert_allclose(ours(logits, labels, axis), theirs(logits, labels, axis), rtol=1e-6)
 
@@ -60,7 +60,7 @@ def test_softmax_cross_entropy(shape, axis, dtype, rng):
 def test_softmax_cross_entropy_with_integer_labels(shape, axis, dtype, rng):
     logits, labels = normal(rng, shape, dtype), integer_labels(rng, shape, axis)
     op = purebp.softmax_cross_entropy_with_integer_labels
-    check_vjp(op, reference.softmax_cross_entropy_with_integer_labels, logits, labels, axis)
+    check_first_order(op, reference.softmax_cross_entropy_with_integer_labels, logits, labels, axis)
     ours, theirs = (jax.jit(f, static_argnums=2) for f in (op, optax.softmax_cross_entropy_with_integer_labels))
     np.testing.assert_allclose(ours(logits, labels, axis), theirs(logits, labels, axis), rtol=1e-6, atol=1e-6)
 
@@ -70,7 +70,7 @@ def test_softmax_cross_entropy_with_integer_labels(shape, axis, dtype, rng):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_squared_error_family(name, shape, with_targets, dtype, rng):
     args = (normal(rng, shape, dtype),) + ((normal(rng, shape, dtype),) if with_targets else ())
-    check_vjp(getattr(purebp, name), getattr(reference, name), *args)
+    check_first_order(getattr(purebp, name), getattr(reference, name), *args)
     np.testing.assert_allclose(getattr(purebp, name)(*args), getattr(optax, name)(*args), rtol=1e-6)
 
 
@@ -200,7 +200,7 @@ def test_reference_cross_entropy_keeps_its_digits_for_a_large_offset(name):
     # where the op (correctly) gives ln 2 = 0.6931472, and check_vjp failed the op.
     logits = jnp.array([1e4, 1e4], jnp.float32)
     labels = jnp.array(0) if "integer" in name else jnp.array([1.0, 0.0])
-    check_vjp(getattr(purebp, name), getattr(reference, name), logits, labels)
+    check_first_order(getattr(purebp, name), getattr(reference, name), logits, labels)
     np.testing.assert_allclose(getattr(reference, name)(logits, labels), np.log(2), rtol=1e-7)
 
 

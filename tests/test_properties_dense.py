@@ -20,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 import purebp
 from purebp import reference
-from purebp.testing import check_vjp
+from op_examples import check_first_order
 
 pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
@@ -153,7 +153,7 @@ def test_elementwise_activation(name, dtype, seed, data):
     with jax.enable_x64(dtype == np.float64):
         (z,) = as_dtype(dtype, values)
         atol = None if name == "relu" else vanishing_atol(dtype)
-        check_vjp(getattr(purebp, name), getattr(reference, name), z, atol=atol, seed=seed)
+        check_first_order(getattr(purebp, name), getattr(reference, name), z, atol=atol, seed=seed)
         assert_close(getattr(purebp, name)(z), OUTSIDE[name](z), dtype)
 
 
@@ -166,7 +166,7 @@ def test_rowwise_activation(name, dtype, seed, data):
     values = data.draw(logit_arrays(shape), label="z")
     with jax.enable_x64(dtype == np.float64):
         (z,) = as_dtype(dtype, values)
-        check_vjp(getattr(purebp, name), getattr(reference, name), z, axis, atol=vanishing_atol(dtype), seed=seed)
+        check_first_order(getattr(purebp, name), getattr(reference, name), z, axis, atol=vanishing_atol(dtype), seed=seed)
         assert_close(getattr(purebp, name)(z, axis), OUTSIDE[name](z, axis), dtype)
 
 
@@ -179,7 +179,7 @@ def test_binary_cross_entropy(dtype, seed, data):
     p_values, label_values = data.draw(probabilities(shape), label="p"), data.draw(unit_interval(shape), label="labels")
     with jax.enable_x64(dtype == np.float64):
         p, labels = as_dtype(dtype, p_values, label_values)
-        check_vjp(purebp.binary_cross_entropy, reference.binary_cross_entropy, p, labels, atol=vanishing_atol(dtype),
+        check_first_order(purebp.binary_cross_entropy, reference.binary_cross_entropy, p, labels, atol=vanishing_atol(dtype),
                   seed=seed)
         # optax has no loss on probabilities: the formula itself, in float64 on the same rounded inputs.
         p64, y64 = np.asarray(p, np.float64), np.asarray(labels, np.float64)
@@ -193,7 +193,7 @@ def test_sigmoid_binary_cross_entropy(dtype, seed, data):
     label_values = data.draw(unit_interval(shape), label="labels")
     with jax.enable_x64(dtype == np.float64):
         logits, labels = as_dtype(dtype, logit_values, label_values)
-        check_vjp(purebp.sigmoid_binary_cross_entropy, reference.sigmoid_binary_cross_entropy, logits, labels,
+        check_first_order(purebp.sigmoid_binary_cross_entropy, reference.sigmoid_binary_cross_entropy, logits, labels,
                   atol=vanishing_atol(dtype), seed=seed)
         assert_close(purebp.sigmoid_binary_cross_entropy(logits, labels),
                      OUTSIDE["sigmoid_binary_cross_entropy"](logits, labels), dtype)
@@ -208,7 +208,7 @@ def test_softmax_cross_entropy(dtype, seed, data):
     label_values = data.draw(label_distributions(shape, axis % len(shape)), label="labels")
     with jax.enable_x64(dtype == np.float64):
         logits, labels = as_dtype(dtype, logit_values, label_values)
-        check_vjp(purebp.softmax_cross_entropy, reference.softmax_cross_entropy, logits, labels, axis,
+        check_first_order(purebp.softmax_cross_entropy, reference.softmax_cross_entropy, logits, labels, axis,
                   atol=vanishing_atol(dtype), seed=seed)
         assert_close(purebp.softmax_cross_entropy(logits, labels, axis),
                      OUTSIDE["softmax_cross_entropy"](logits, labels, axis=axis), dtype)
@@ -226,7 +226,7 @@ def test_softmax_cross_entropy_with_integer_labels(dtype, seed, data):
     op = purebp.softmax_cross_entropy_with_integer_labels
     with jax.enable_x64(dtype == np.float64):
         (logits,), labels = as_dtype(dtype, logit_values), jnp.asarray(label_values)
-        check_vjp(op, reference.softmax_cross_entropy_with_integer_labels, logits, labels, axis,
+        check_first_order(op, reference.softmax_cross_entropy_with_integer_labels, logits, labels, axis,
                   atol=vanishing_atol(dtype), seed=seed)
         # optax computes logsumexp(z) − z_y, which rounds at the ulp of max|z| when the loss is small.
         outside = OUTSIDE["softmax_cross_entropy_with_integer_labels"](logits, labels, axis=axis)
@@ -241,7 +241,7 @@ def test_squared_error_family(name, dtype, seed, with_targets, data):
     values = [data.draw(reals(shape), label=label) for label in labels]
     with jax.enable_x64(dtype == np.float64):
         args = as_dtype(dtype, *values)
-        check_vjp(getattr(purebp, name), getattr(reference, name), *args, seed=seed)
+        check_first_order(getattr(purebp, name), getattr(reference, name), *args, seed=seed)
         assert_close(getattr(purebp, name)(*args), OUTSIDE[name](*args), dtype)
 
 
@@ -266,7 +266,7 @@ def test_dense(dtype, seed, with_bias, data):
         values.append(data.draw(reals((fan_out,)), label="b"))
     with jax.enable_x64(dtype == np.float64):
         args = as_dtype(dtype, *values)
-        check_vjp(purebp.dense, reference.dense, *args, seed=seed)
+        check_first_order(purebp.dense, reference.dense, *args, seed=seed)
         # Against x @ w + b in float64 on the same rounded inputs, with the classical bound of a sum
         # of `in` products, |error| ≤ (in + 1)·eps·(|x| @ |w| + |b|) elementwise, plus underflow:
         # XLA on CPU flushes subnormal inputs and results to 0 (x = 1.4e-45 reads as 0 in float32),
@@ -324,6 +324,6 @@ def test_mlp(network, activation, output_activation, dtype, seed):
         # mlp writes σ' from the saved activations, as purebp.sigmoid does: a saturated unit's δ is
         # right to eps·|g| (vanishing_atol), and that error reaches ∂Wˡ multiplied by aˡ⁻¹.
         atol = vanishing_atol(dtype) * largest_layer_input(param_values, x_values, activation)
-        check_vjp(lambda p, x: purebp.mlp(p, x, **options), lambda p, x: reference.mlp(p, x, **options),
+        check_first_order(lambda p, x: purebp.mlp(p, x, **options), lambda p, x: reference.mlp(p, x, **options),
                   params, x, atol=atol, seed=seed)
         assert_close(purebp.mlp(params, x, **options), mlp_with_jax_nn(params, x, **options), dtype)

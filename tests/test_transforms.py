@@ -19,7 +19,7 @@ import pytest
 from jax import lax
 
 import purebp
-from purebp.testing import check_grads, residual_bytes
+from purebp.testing import check_grads, check_vjp, residual_bytes
 import op_examples
 from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, op, roles, twin
 
@@ -105,6 +105,25 @@ def test_an_eager_vjp_compiles_one_program_each_way():
     assert list(programs) == OPS
     not_one_each_way = {name: names for name, names in programs.items() if len(names) != 2 or names[0] != names[1]}
     assert not not_one_each_way, not_one_each_way
+
+
+# Found by the float32 truth and not fixed yet: in bfloat16 these rules err by more than the twin.
+BF16_OPEN = {
+    "softmax": "its second order: p ⊙ (r − Σ r p) cancels in bfloat16 (40% at an element, the twin 0)",
+    "mlp": "a weight cotangent: Σ δ aᵀ over the batch cancels in bfloat16 where the twin's does not",
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", OPS)
+def test_check_vjp_at_its_defaults(name, dtype, request):
+    """Every part of check_vjp on every op: second order, vmap over cotangents and over arguments
+    (labels batched), each argument and output alone and, in bfloat16, the float32 truth. The
+    modules' grids check their many shapes at the first order (op_examples.FIRST_ORDER)."""
+    if dtype == jnp.bfloat16 and name in BF16_OPEN:
+        request.applymarker(pytest.mark.xfail(reason=BF16_OPEN[name], raises=AssertionError, strict=True))
+    args = cast(draw(name), dtype)
+    check_vjp(op(name), twin(name), *args)
 
 
 # --- vmap --------------------------------------------------------------------------------------
