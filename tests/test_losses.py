@@ -244,3 +244,13 @@ def test_integer_labels_are_checked():
     with pytest.raises(ValueError, match=r"`labels` must have the shape of `logits` \(4, 3\) without axis 1, "
                                          r"\(4,\), got \(3,\)"):
         op(jnp.ones((4, 3)), jnp.ones(3, jnp.int32))
+
+
+@pytest.mark.parametrize("label", [0.0, 1.0], ids=["y=0", "y=1"])
+def test_mixed_second_derivative_at_a_hard_label(label):
+    """∂²J/∂p∂y = −1/(1 − p) − 1/p for BCE and ∂²J/∂z∂y = −1 for the fused loss, at y of exactly 0 or 1
+    too (found by check_vjp's second order: the 0·∞ guard once cut the weight's derivative there)."""
+    p, z, y = jnp.float32(0.25), jnp.float32(0.5), jnp.float32(label)
+    bce = jax.grad(jax.grad(purebp.binary_cross_entropy, 0), 1)(p, y)
+    sbce = jax.grad(jax.grad(purebp.sigmoid_binary_cross_entropy, 0), 1)(z, y)
+    np.testing.assert_allclose([bce, sbce], [-1 / 0.75 - 1 / 0.25, -1.0], rtol=1e-6)
