@@ -1,7 +1,9 @@
 """Verification of custom VJPs, for purebp's own ops and for yours.
 
 ``check_vjp`` holds a function against a reference twin in value and in ``jax.vjp`` cotangents,
-with and without ``jax.jit``; ``check_grads`` checks gradients against finite differences;
+with and without ``jax.jit``, in the second order, under ``jax.vmap``, argument by argument and
+output by output, and in low precision against float32 (docs/verifying.md); ``check_grads`` checks
+gradients against finite differences;
 ``residual_bytes`` measures what a backward pass keeps alive. This module depends on JAX alone.
 
 >>> import jax.numpy as jnp, purebp, purebp.reference
@@ -127,8 +129,9 @@ def check_vjp(fn, reference, *args, argnums=None, rtol=None, atol=None, seed=0,
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 # A bfloat16 or float16 result may err from the float32 truth by twice the reference's own error in
 # that dtype, plus this many of the dtype's ulps at the element (a relative 25% in bfloat16, 3% in
-# float16): correct rules that sum in another order err by up to ~24 bfloat16 ulps where a sum
-# cancels (conv's second order); a rule that cancels outright errs by 100%, 128 ulps and more.
+# float16): a correct rule that sums in another order errs by a few ulps where a sum cancels
+# (softmax's, 4 bfloat16 ulps where its twin errs by 1); one that cancels outright errs by 100%,
+# 128 bfloat16 ulps and more.
 LOW_PRECISION_ULPS = 32
 PARTS = ("first order", "second order", "vmap over cotangents", "vmap over arguments", "each argument alone",
          "each output alone")
@@ -202,7 +205,6 @@ def _results(f, args, argnums, traced, names, parts):
             cotangents = vjp_fn(draws.cotangent)
         if parts.order == 2:
             # The first order again, under jax.vjp: the cotangent of its cotangents is the second order.
-            # XLA merges the repeated forward and backward pass with the first order.s.
             with _part("second order"):
                 def value_and_cotangents(diff_values, cotangent):
                     out, vjp_fn = vjp_at(_substitute(full, argnums, diff_values))
