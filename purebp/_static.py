@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from jax import lax
 
 Padding = str | tuple[tuple[int, int], ...]
+# The dtypes whose rounding a rule (sigmoid's) and check_vjp treat apart: 8 and 11 significant bits.
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def check_floating(x, name: str) -> None:

@@ -15,9 +15,6 @@ from jax import lax
 from purebp import _static
 
 
-_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
 @jax.custom_vjp
 def sigmoid(z):
     r"""Logistic sigmoid σ(z) = 1 / (1 + e^(−z)), stable for every finite ``z``.
@@ -47,11 +44,11 @@ def _sigmoid_fwd(z):
     y = lax.logistic(z)  # the body, not the op: re-entering a custom_vjp would block forward-over-reverse
     # In bfloat16 and float16, y rounds to 1 long before σ' is negligible (σ(6) = 0.9975 is 1 in
     # bfloat16, where σ'(6) = 0.0025), and 1 − y cancels: the rule keeps z instead, of the same bytes.
-    return y, (z if jnp.dtype(y.dtype) in _LOW_PRECISION else y)
+    return y, (z if jnp.dtype(y.dtype) in _static.LOW_PRECISION else y)
 
 
 def _sigmoid_bwd(res, g):  # (σ(z), or z in low precision; ct y) -> (ct z,)
-    if jnp.dtype(res.dtype) in _LOW_PRECISION:
+    if jnp.dtype(res.dtype) in _static.LOW_PRECISION:
         z = res.astype(jnp.float32)
         return ((g * (lax.logistic(z) * lax.logistic(-z))).astype(res.dtype),)  # σ' = σ(z)σ(−z), no cancellation
     return (g * res * (1 - res),)  # σ' = σ(1 − σ)

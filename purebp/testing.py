@@ -3,8 +3,8 @@
 ``check_vjp`` holds a function against a reference twin in value and in ``jax.vjp`` cotangents,
 with and without ``jax.jit``, in the second order, under ``jax.vmap``, argument by argument and
 output by output, and in low precision against float32 (docs/verifying.md); ``check_grads`` checks
-gradients against finite differences;
-``residual_bytes`` measures what a backward pass keeps alive. This module depends on JAX alone.
+gradients against finite differences; ``residual_bytes`` measures what a backward pass keeps
+alive. Beyond purebp, this module depends on JAX alone.
 
 >>> import jax.numpy as jnp, purebp, purebp.reference
 >>> check_vjp(purebp.softmax, purebp.reference.softmax, jnp.linspace(-2.0, 2.0, 6).reshape(2, 3))
@@ -23,6 +23,8 @@ import jax
 import jax.test_util
 import jax.numpy as jnp
 import numpy as np
+
+from purebp._static import LOW_PRECISION
 
 # Default rtol per dtype. Elements compare as |actual − expected| ≤ atol + rtol·|expected|, with atol
 # defaulting to rtol · max|expected| of the leaf: errors count relative to the leaf's scale, so
@@ -111,9 +113,7 @@ def check_vjp(fn, reference, *args, argnums=None, rtol=None, atol=None, seed=0,
     low = parts.float32_reference and any(
         jnp.dtype(leaf.dtype) in LOW_PRECISION for leaf in jax.tree_util.tree_leaves(expected))
     expected32 = run(reference, "reference", _to_float32(inputs)) if low else {}
-    eager = _value_and_cotangents(fn, args, argnums, draws.cotangent)
-    eager = [_Result("the output", eager[0]),
-             *(_Result(f"the cotangent of argument {names[i]}", c) for i, c in zip(argnums, eager[1]))]
+    eager = _first_order(names, argnums, *_value_and_cotangents(fn, args, argnums, draws.cotangent))
     checks = [("without jit", "first order", eager)]
     actual = run(fn, "fn", inputs)
     checks += [("with jit" if part == "first order" else part, part, actual[part]) for part in PARTS if part in expected]
@@ -121,12 +121,11 @@ def check_vjp(fn, reference, *args, argnums=None, rtol=None, atol=None, seed=0,
         hint = "" if part == "first order" else f" {parts.alone(part)}"
         # The second order of a low-precision rule sums more terms than the first; it keeps the
         # leaf-scaled comparison (its cancellations are at the scale of the leaf, not of an element).
-        truths = expected32[part] if low and part != "second order" else [_Result(r.what, None) for r in expected[part]]
+        truths = [r.value for r in expected32[part]] if low and part != "second order" else [None] * len(got)
         for result, want, truth in zip(got, expected[part], truths):
-            _assert_trees_close(result.value, want.value, truth.value, want.what, mode, rtol, atol, hint)
+            _assert_trees_close(result.value, want.value, truth, want.what, mode, rtol, atol, hint)
 
 
-LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 # A bfloat16 or float16 result may err from the float32 truth by twice the reference's own error in
 # that dtype, plus this many of the dtype's ulps at the element (a relative 25% in bfloat16, 3% in
 # float16): a correct rule that sums in another order errs by a few ulps where a sum cancels
@@ -185,60 +184,71 @@ def _draws(out_shapes, diff_args, seed):
 
 def _results(f, args, argnums, traced, names, parts):
     """The function of the traced arguments and the draws whose value is every part's results for
-    ``f``: ``{part: {what: array or pytree}}``, "what" naming the output or the argument."""
+    ``f``: ``{part: [_Result, ...]}``, each result naming the output or the argument it is."""
     out_leaves = len(jax.tree_util.tree_leaves(_output_shapes(f, args, argnums)))
-
-    def vjp_at(full_args, which=argnums, output=None):
-        def of_diff(*diff):
-            out = f(*_substitute(full_args, which, diff))
-            return out if output is None else jax.tree_util.tree_leaves(out)[output]
-        return jax.vjp(of_diff, *(full_args[i] for i in which))
-
-    def named_cotangents(cotangents, which=argnums, suffix=""):
-        return [_Result(f"the cotangent of argument {names[i]}{suffix}", c) for i, c in zip(which, cotangents)]
+    named = partial(_named_cotangents, names)
 
     def results(traced_values, draws):
         full = _substitute(args, traced, traced_values)
         results = {}
         with _part("first order, with jit"):
-            out, vjp_fn = vjp_at(full)
+            out, vjp_fn = _vjp(f, full, argnums)
             cotangents = vjp_fn(draws.cotangent)
         if parts.order == 2:
             # The first order again, under jax.vjp: the cotangent of its cotangents is the second order.
             with _part("second order"):
-                def value_and_cotangents(diff_values, cotangent):
-                    out, vjp_fn = vjp_at(_substitute(full, argnums, diff_values))
-                    return out, vjp_fn(cotangent)
-                _, pullback = jax.vjp(value_and_cotangents, tuple(full[i] for i in argnums), draws.cotangent)
+                _, pullback = jax.vjp(lambda d, c: _value_and_cotangents(f, _substitute(full, argnums, d), argnums, c),
+                                      tuple(full[i] for i in argnums), draws.cotangent)
                 d_args, d_cotangent = pullback((jax.tree_util.tree_map(jnp.zeros_like, out), draws.projection))
-                results["second order"] = [*named_cotangents(d_args, suffix=" of the projected VJP"),
+                results["second order"] = [*named(argnums, d_args, " of the projected VJP"),
                                            _Result("the cotangent of the cotangent", d_cotangent)]
-        results["first order"] = [_Result("the output", out), *named_cotangents(cotangents)]
+        results["first order"] = _first_order(names, argnums, out, cotangents)
         if parts.vmap:
             with _part("vmap over cotangents"):
-                results["vmap over cotangents"] = named_cotangents(jax.vmap(vjp_fn)(draws.cotangents))
+                results["vmap over cotangents"] = named(argnums, jax.vmap(vjp_fn)(draws.cotangents))
             with _part("vmap over arguments"):
-                def value_and_vjp(traced_values, cotangent):
-                    out, vjp_fn = vjp_at(_substitute(args, traced, traced_values))
-                    return out, vjp_fn(cotangent)
                 batched = jax.tree_util.tree_map(lambda a: jnp.stack([a, _halved(a)]), traced_values)
-                out, cotangents = jax.vmap(value_and_vjp)(batched, draws.cotangents)
-                results["vmap over arguments"] = [_Result("the output", out), *named_cotangents(cotangents)]
+                per_example = jax.vmap(lambda t, c: _value_and_cotangents(f, _substitute(args, traced, t), argnums, c))
+                results["vmap over arguments"] = _first_order(names, argnums, *per_example(batched, draws.cotangents))
         if parts.each_alone and len(argnums) > 1:
             with _part("each argument alone"):
                 results["each argument alone"] = [
                     result for i in argnums
-                    for result in named_cotangents(vjp_at(full, (i,))[1](draws.cotangent), (i,), " alone")]
+                    for result in named((i,), _vjp(f, full, (i,))[1](draws.cotangent), " alone")]
         if parts.each_alone and out_leaves > 1:
             with _part("each output alone"):
                 cotangent_leaves = jax.tree_util.tree_leaves(draws.cotangent)
                 results["each output alone"] = [
                     result for leaf in range(out_leaves)
-                    for result in named_cotangents(vjp_at(full, output=leaf)[1](cotangent_leaves[leaf]),
-                                                   suffix=f" from output leaf {leaf} alone")]
+                    for result in named(argnums, _vjp(f, full, argnums, leaf)[1](cotangent_leaves[leaf]),
+                                        f" from output leaf {leaf} alone")]
         return results
 
     return results
+
+
+def _vjp(f, args, argnums, output=None):
+    """``jax.vjp`` of ``f`` in ``args[i]`` for i in ``argnums`` (the others constants); of the output
+    leaf ``output`` alone where given (the others unused)."""
+    def of_diff(*diff):
+        out = f(*_substitute(args, argnums, diff))
+        return out if output is None else jax.tree_util.tree_leaves(out)[output]
+    return jax.vjp(of_diff, *(args[i] for i in argnums))
+
+
+def _value_and_cotangents(f, args, argnums, cotangent):
+    """``f``'s output and the cotangents of ``args[i]``, i in ``argnums``, for ``cotangent``."""
+    out, vjp_fn = _vjp(f, args, argnums)
+    return out, vjp_fn(cotangent)
+
+
+def _named_cotangents(names, argnums, cotangents, suffix=""):
+    return [_Result(f"the cotangent of argument {names[i]}{suffix}", c) for i, c in zip(argnums, cotangents)]
+
+
+def _first_order(names, argnums, out, cotangents):
+    """The output and each argument's cotangent, as the parts compare them."""
+    return [_Result("the output", out), *_named_cotangents(names, argnums, cotangents)]
 
 
 @contextlib.contextmanager
@@ -307,12 +317,6 @@ def _output_shapes(f, args, argnums):
     return jax.eval_shape(lambda *d: f(*_substitute(args, argnums, d)), *(args[i] for i in argnums))
 
 
-def _value_and_cotangents(f, args, argnums, cotangent):
-    """``f``'s output and VJP run eagerly, op by op (the first order without jit)."""
-    out, vjp_fn = jax.vjp(lambda *d: f(*_substitute(args, argnums, d)), *(args[i] for i in argnums))
-    return out, vjp_fn(cotangent)
-
-
 def _substitute(args, argnums, values):
     args = list(args)
     for i, value in zip(argnums, values):
@@ -362,7 +366,7 @@ def _assert_trees_close(actual, expected, expected32, what, mode, rtol, atol, hi
 def _assert_close(actual, expected, truth, what, rtol, atol, hint=""):
     """``actual`` against ``expected`` at rtol/atol; or, where ``truth`` (the reference in float32) is
     given and ``actual`` is bfloat16 or float16, against ``truth``, erring by at most twice what
-    ``expected`` (the reference in that dtype) does, or two of that dtype's ulps."""
+    ``expected`` (the reference in that dtype) does plus ``LOW_PRECISION_ULPS`` of that dtype's ulps."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape or actual.dtype != expected.dtype:
         raise AssertionError(
