@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from op_examples import EXAMPLES, cast, draw, floating_argnums, op
+from op_examples import EXAMPLES, cast, draw, of_floats, op
 
 
 class CompiledPrograms(logging.Handler):
@@ -32,18 +32,14 @@ class CompiledPrograms(logging.Handler):
 
 def compiled_by_an_eager_vjp(name):
     args = cast(draw(name), jnp.float32)
-    argnums = floating_argnums(args)
     cotangent = jax.tree_util.tree_map(lambda s: jnp.asarray(np.ones(s.shape), s.dtype), jax.eval_shape(op(name), *args))
-
-    def of_floats(*floats):  # the integer labels stay bound
-        return op(name)(*[floats[argnums.index(i)] if i in argnums else a for i, a in enumerate(args)])
-
+    function, floats = of_floats(op(name), args)
     handler = CompiledPrograms()
     logger = logging.getLogger("jax")
     logger.addHandler(handler)
     try:
         with jax.log_compiles():
-            _, vjp_fn = jax.vjp(of_floats, *(args[i] for i in argnums))
+            _, vjp_fn = jax.vjp(function, *floats)
             jax.block_until_ready(vjp_fn(cotangent))
     finally:
         logger.removeHandler(handler)

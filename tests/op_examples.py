@@ -134,6 +134,14 @@ def floating_argnums(args):
                  if all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in jax.tree_util.tree_leaves(a)))
 
 
+def of_floats(fn, args):
+    """``fn`` as a function of the floating arguments of ``args`` alone (integer labels stay bound),
+    and those arguments: ``jax.vjp(*of_floats(fn, args))``."""
+    argnums = floating_argnums(args)
+    return (lambda *floats: fn(*(floats[argnums.index(i)] if i in argnums else a for i, a in enumerate(args))),
+            tuple(args[i] for i in argnums))
+
+
 def assert_trees_close(actual, expected, rtol, atol=None):
     """chex's tree check, leaf by leaf in float64, with ``|a − e| ≤ rtol·|e| + atol·max|e|`` (``atol``
     defaults to ``rtol``): the second term, relative to the leaf's largest element, keeps entries that

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from op_examples import EXAMPLES, assert_trees_close, cast, draw, floating_argnums, op, twin
+from op_examples import EXAMPLES, assert_trees_close, cast, draw, floating_argnums, of_floats, op, twin
 
 # Accuracy of every op, values and cotangents, against the float64 reference evaluated on the same
 # inputs (already rounded to the dtype): elementwise
@@ -41,12 +41,8 @@ X64_MODES = [pytest.param(jnp.float32, False, id="f32"), pytest.param(jnp.float3
 
 def value_and_vjp(f, args, cotangent):
     """(f(*args), the cotangents of its floating args for ``cotangent``, or ones if None)."""
-    argnums = floating_argnums(args)
-
-    def of_floats(*floats):
-        return f(*(floats[argnums.index(i)] if i in argnums else a for i, a in enumerate(args)))
-
-    out, vjp_fn = jax.vjp(of_floats, *(args[i] for i in argnums))
+    function, floats = of_floats(f, args)
+    out, vjp_fn = jax.vjp(function, *floats)
     return out, vjp_fn(jnp.ones_like(out) if cotangent is None else cotangent)
 
 

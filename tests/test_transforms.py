@@ -21,7 +21,7 @@ from jax import lax
 import purebp
 from purebp.testing import check_grads, check_vjp, residual_bytes
 import op_examples
-from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, op, roles, twin
+from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, of_floats, op, roles, twin
 
 OPS = list(EXAMPLES)  # ids are the op names
 RTOL32 = 1e-4  # float32: reordered sums and fused rules differ from autodiff by a few hundred ulps
@@ -250,10 +250,7 @@ def test_jacrev_of_jacrev_of_the_output(name, x64):
 def test_jvp_raises(name):
     """jax.jvp of any op: JAX refuses forward mode through a custom_vjp, with a TypeError."""
     args = cast(draw(name), jnp.float32)
-    argnums = floating_argnums(args)
-    fn = op(name)
-    f = lambda *floats: fn(*(floats[argnums.index(i)] if i in argnums else a for i, a in enumerate(args)))
-    primals = tuple(args[i] for i in argnums)
+    f, primals = of_floats(op(name), args)
     with pytest.raises(TypeError, match=FORWARD_MODE_ERROR):
         jax.jvp(f, primals, jax.tree_util.tree_map(jnp.ones_like, primals))
 
