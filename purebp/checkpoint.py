@@ -1,11 +1,19 @@
-"""Saving and loading parameter pytrees as NumPy ``.npz`` files that keep the pytree's structure.
+"""Exporting trained params as one NumPy ``.npz`` file that keeps the pytree's structure.
 
-Why ``.npz`` rather than orbax-checkpoint: purebp's params are small pytrees of lists and dicts
-of arrays; an ``.npz`` holds them in one portable file that NumPy (and so any tool) reads,
-with no extra dependency and no pickle (``allow_pickle=False``: loading cannot run code). The
-structure is stored beside the arrays as JSON, so loading needs no template, and empty dicts
-(the params of layers without parameters) survive the round trip. For sharded, asynchronous or
-multi-host checkpoints of large models, use orbax.
+Two ways to put training on disk, for two purposes:
+
+- **To resume a run**, ``training.fit(..., checkpoint_dir=...)`` checkpoints with Orbax
+  (``orbax.checkpoint.CheckpointManager``): params, optimizer state, the data order and the
+  history, written asynchronously, sharded arrays from every host, restored onto a mesh. That is
+  the JAX ecosystem's format (flax's, MaxText's); purebp writes no other for it.
+- **To hand trained params on** (to another program, a notebook, a colleague without Orbax),
+  ``save_params`` writes them to one portable file that NumPy alone reads, with no pickle
+  (``allow_pickle=False``: loading cannot run code). The structure is stored beside the arrays
+  as JSON, so ``load_params`` needs no template, and empty dicts (the params of layers without
+  parameters) survive the round trip. It round-trips exactly what it describes, nested dicts,
+  lists and tuples of arrays, and refuses anything else before writing a byte: an optimizer state
+  (optax's are NamedTuples, whose classes a file without pickle cannot rebuild) belongs in an
+  Orbax checkpoint.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ def save_params(path: str | os.PathLike, params) -> None:
 
     Raises:
       TypeError: if ``params`` holds a container, key or leaf this format does not describe (a
-        NamedTuple such as an optax state, whose class a file without pickle cannot rebuild; an
+        NamedTuple such as any optax state, whose class a file without pickle cannot rebuild; an
         object array), before anything is written.
     """
     leaves = []
@@ -88,7 +96,9 @@ def _describe(node, leaves):
         return {type(node).__name__: [_describe(value, leaves) for value in node]}
     if isinstance(node, tuple):
         raise TypeError(f"`params` may hold dicts, lists and tuples of arrays, got a {type(node).__name__} (a "
-                        f"NamedTuple, such as an optax state), which a file without pickle cannot rebuild.")
+                        f"NamedTuple, such as an optax state), which a file without pickle cannot rebuild; to save "
+                        f"a run with its optimizer state, checkpoint it with Orbax: training.fit(..., "
+                        f"checkpoint_dir=...).")
     if node is None:
         return {"none": None}
     if not hasattr(node, "shape"):

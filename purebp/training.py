@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -234,7 +237,7 @@ def shard_batch(batch, mesh: Mesh, *, batch_axis: str | Sequence[str] | None = N
 
 
 def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True, drop_remainder: bool = False,
-            mesh: Mesh | None = None, batch_axis: str | Sequence[str] | None = None) -> Iterator[tuple]:
+            mesh: Mesh | None = None, batch_axis: str | Sequence[str] | None = None, start: int = 0) -> Iterator[tuple]:
     """Yields tuples of aligned slices of ``arrays``, one epoch, in an order fixed by ``key``.
 
     With a ``mesh``, each batch comes as global ``jax.Array`` s split along the leading dim over
@@ -250,12 +253,16 @@ def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True, dro
       drop_remainder: skip a last batch smaller than ``batch_size`` (keeps one compiled shape).
       mesh: optional ``jax.sharding.Mesh`` to place each batch on.
       batch_axis: the mesh axis (or axes) that splits the batch; None means every axis of ``mesh``.
+      start: the index of the first batch to yield: the epoch's earlier batches are skipped without
+        being gathered, to resume an epoch part-way (as ``fit`` does from a checkpoint).
 
     Raises:
-      ValueError: if the arrays' lengths differ, ``batch_size`` is not positive, or, with a
-        ``mesh``, ``batch_size`` or a kept last batch does not divide evenly over the devices
-        along ``batch_axis``.
+      ValueError: if the arrays' lengths differ, ``batch_size`` is not positive, ``start`` is
+        negative, or, with a ``mesh``, ``batch_size`` or a kept last batch does not divide evenly
+        over the devices along ``batch_axis``.
     """
+    if isinstance(start, (bool, np.bool_)) or not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"`start` must be a non-negative int (a batch index), got {start!r}.")
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
         raise ValueError(f"`arrays` must share their leading dim, got lengths {[len(a) for a in arrays]}.")
@@ -270,8 +277,8 @@ def batches(key, arrays: Sequence, batch_size: int, *, shuffle: bool = True, dro
                              f"examples, which the {shards} devices of `mesh` cannot split evenly; pass "
                              f"drop_remainder=True.")
     order = np.asarray(jax.random.permutation(key, n)) if shuffle else np.arange(n)
-    for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
+    for first in range(start * batch_size, stop, batch_size):
+        index = order[first:first + batch_size]
         batch = tuple(a[index] for a in arrays)
         if mesh is not None:  # every process holds the global batch and places its own rows of it
             batch = tuple(jax.make_array_from_process_local_data(sharding, a, a.shape) for a in batch)
@@ -391,66 +398,283 @@ def _per_example_metrics(apply_fn, loss_fn):
     return jax.jit(metrics)
 
 
+class Fitted(NamedTuple):
+    """What ``fit`` returns: pass ``params`` and ``opt_state`` back to ``fit`` to train on."""
+    params: Any
+    opt_state: Any
+    history: list[dict]  # one record per epoch: see ``fit``
+
+
 def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_size: int,
-        optimizer: optax.GradientTransformation | None = None, learning_rate: float = 0.1,
-        evaluate_fn: Callable | None = None, log: Callable[[str], None] | None = print, mesh: Mesh | None = None):
-    """Trains ``params`` on ``data`` for ``epochs``, one progress line per epoch.
+        optimizer: optax.GradientTransformation | None = None, learning_rate: float = 0.1, opt_state=None,
+        evaluate_fn: Callable | None = None, log: Callable[[str], None] | None = print, progress: bool | None = None,
+        mesh: Mesh | None = None, checkpoint_dir: str | os.PathLike | None = None, save_every: int | None = None,
+        max_to_keep: int | None = 3, resume: bool = True) -> Fitted:
+    """Trains ``params`` on ``data`` for ``epochs``, one log line per epoch; checkpointed and resumable.
+
+    With a ``checkpoint_dir``, ``fit`` saves where the run stands with Orbax (an
+    ``orbax.checkpoint.CheckpointManager`` over the directory, one subdirectory per saved step,
+    written asynchronously and renamed into place when complete): the params, the optimizer
+    state, the epoch and batch reached, the data-order key, the losses of the epoch in progress
+    and the history. Called again on the same directory, it restores the latest complete
+    checkpoint and goes on from there, so that a run stopped and resumed ends bit for bit where
+    the same run straight through would have (on a deterministic backend such as the CPU). A
+    checkpoint is also saved at the end, and on ``KeyboardInterrupt`` before it is re-raised.
 
     Args:
       loss_fn: ``loss_fn(params, *batch)`` returning the mean loss of a batch.
-      params: the initial parameters.
+      params: the initial parameters (and, when resuming, the template the checkpoint's must match
+        in structure, shapes and dtypes; their placement is where the restored params go).
       data: arrays with a shared leading dim, sliced into ``batch`` for ``loss_fn``.
-      key: drives the shuffling; the same key gives the same run.
-      epochs: passes over ``data``.
+      key: drives the shuffling; the same key gives the same run. A resumed run takes the data
+        order on from its checkpoint.
+      epochs: the run's passes over ``data`` in all, counting those of a checkpoint it resumes.
       batch_size: examples per step; the last, smaller batch of an epoch is dropped, so the step
         compiles once.
       optimizer: defaults to ``optax.sgd(learning_rate, momentum=0.9)``.
       learning_rate: for the default optimizer.
-      evaluate_fn: optional ``evaluate_fn(params) -> dict`` of metrics (e.g. ``test_accuracy``),
+      opt_state: the optimizer state to start from, e.g. a previous ``fit``'s; None means
+        ``optimizer.init(params)``.
+      evaluate_fn: optional ``evaluate_fn(params) -> dict`` of numbers (e.g. ``test_accuracy``),
         run after each epoch and logged; its names must differ from the history's own.
-      log: where progress lines go; None for silence.
+      log: where the per-epoch lines go; None for silence.
+      progress: a progress bar over each epoch (tqdm, on stderr) with the latest loss and examples
+        per second; None shows it when stderr is a terminal.
       mesh: optional ``jax.sharding.Mesh`` for data-parallel training: each batch of
         ``batch_size`` examples is split over all its devices (see ``batches``); params placed on
         ``mesh`` keep their sharding (``shard_params`` for FSDP), any others are replicated, the
-        optimizer state follows them, and the returned params are placed as they were.
+        optimizer state follows them, and the returned params are placed as they were. A resumed
+        run restores its arrays onto those same shardings.
+      checkpoint_dir: where to save checkpoints and resume from; None saves nothing.
+      save_every: optimizer steps between checkpoints; None saves at the end of every epoch.
+      max_to_keep: the number of latest checkpoints kept; None keeps them all.
+      resume: go on from the latest checkpoint in ``checkpoint_dir``. False refuses a directory
+        that holds checkpoints rather than overwrite them.
 
     Returns:
-      ``(params, history)``: the trained parameters and one dict per epoch with ``epoch``,
-      ``loss`` (the mean training loss), ``seconds``, ``examples_per_second`` and the metrics of
-      ``evaluate_fn``.
+      ``Fitted(params, opt_state, history)``: the trained parameters, the optimizer state, and one
+      dict per epoch with ``epoch``, ``loss`` (the mean training loss), ``seconds`` and
+      ``examples_per_second`` (of the steps run in this call: a resumed epoch counts those after
+      the checkpoint) and the metrics of ``evaluate_fn``.
+
+    Raises:
+      TypeError: if ``data`` is not a sequence of arrays.
+      ValueError: if ``epochs``, ``batch_size``, ``save_every`` or ``max_to_keep`` is not a
+        positive int, ``batch_size`` exceeds the examples, or, when resuming, the checkpoint was
+        made with another ``batch_size`` or number of examples, holds params or an optimizer state
+        of another structure, shape or dtype, or has run past ``epochs``; if ``resume`` is False
+        and ``checkpoint_dir`` holds checkpoints.
     """
     if hasattr(data, "shape") or not isinstance(data, Sequence) or not all(hasattr(a, "shape") for a in data):
         got = f"an array of shape {data.shape}" if hasattr(data, "shape") else repr(type(data).__name__)
         raise TypeError(f"`data` must be a tuple of arrays that share their leading dim, e.g. (x, y), got {got}; "
                         f"pass (x, y).")
     epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
+    save_every = None if save_every is None else _positive_int(save_every, "save_every")
     if len(data[0]) < batch_size:
         raise ValueError(f"`batch_size` ({batch_size}) must not exceed the {len(data[0])} examples of `data`.")
     optimizer = optax.sgd(learning_rate, momentum=0.9) if optimizer is None else optimizer
     step = make_train_step(loss_fn, optimizer, mesh=mesh)
     if mesh is not None:  # leaves already on the mesh keep their sharding (shard_params), the rest are replicated
         params = _on_mesh(params, mesh)
-    opt_state = optimizer.init(params)
-    history = []
-    for epoch in range(1, epochs + 1):
-        key, epoch_key = jax.random.split(key)
-        start, losses = time.perf_counter(), []
-        for batch in batches(epoch_key, data, batch_size, drop_remainder=True, mesh=mesh):
-            params, opt_state, loss = step(params, opt_state, *batch)
-            losses.append(loss)
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    if mesh is not None:
+        opt_state = _on_mesh(opt_state, mesh)
+    run = _Run(params, opt_state, key, epoch=1, batch=0, step=0, epoch_losses=[], history=())
+    if checkpoint_dir is None:
+        for run in _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progress):
+            pass
+        return run.fitted()
+    checkpoints = _Checkpoints(checkpoint_dir, max_to_keep)
+    try:
+        if (saved := checkpoints.latest_step()) is not None:
+            if not resume:
+                raise ValueError(f"`checkpoint_dir` {os.fspath(checkpoint_dir)!r} holds checkpoints (the latest at "
+                                 f"step {saved}), which resume=False would overwrite; pass resume=True to go on "
+                                 f"from it, or an empty directory.")
+            run = checkpoints.restore(saved, run, batch_size=batch_size, examples=len(data[0]), epochs=epochs)
+            if log:
+                log(f"resumed from {checkpoints.path(saved)}: epoch {run.epoch}, batch {run.batch}, step {run.step}")
+        try:
+            for run in _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progress):
+                if (run.step % save_every == 0) if save_every else (run.batch == 0):  # due
+                    checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
+                    saved = run.step
+        finally:  # done, or interrupted (KeyboardInterrupt included): the last whole run, if not saved yet
+            if run.step not in (saved, 0):
+                checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
+    finally:
+        checkpoints.close()  # waits for the writes
+    return run.fitted()
+
+
+class _Run(NamedTuple):
+    """Where a run of ``fit`` stands after a step: what a checkpoint holds. A new one after every
+    step, never changed, so the last one handed out is whole wherever an interrupt lands."""
+    params: Any
+    opt_state: Any
+    key: Any  # the data-order key that the epoch in progress is split from
+    epoch: int  # the epoch in progress, from 1
+    batch: int  # its batches done
+    step: int  # optimizer updates done, in all
+    epoch_losses: list  # its first `batch` entries: the losses of the epoch's batches done (the list only grows)
+    history: tuple  # one record per finished epoch
+
+    def fitted(self) -> Fitted:
+        return Fitted(self.params, self.opt_state, list(self.history))
+
+
+def _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progress) -> Iterator[_Run]:
+    """Trains from ``run`` to the end of epoch ``epochs``, yielding the run after each step but an
+    epoch's last, and after each epoch's record (which its last step completes)."""
+    steps_per_epoch = len(data[0]) // batch_size
+    while run.epoch <= epochs:
+        next_key, epoch_key = jax.random.split(run.key)
+        first, start, losses = run.batch, time.perf_counter(), run.epoch_losses[:run.batch]
+        with _ProgressBar(progress, f"epoch {run.epoch}/{epochs}", steps_per_epoch, first, batch_size) as bar:
+            for batch in batches(epoch_key, data, batch_size, drop_remainder=True, mesh=mesh, start=first):
+                params, opt_state, loss = step(run.params, run.opt_state, *batch)
+                losses.append(loss)
+                run = run._replace(params=params, opt_state=opt_state, batch=run.batch + 1, step=run.step + 1,
+                                   epoch_losses=losses)
+                bar.update(loss)
+                if run.batch < steps_per_epoch:
+                    yield run
         mean_loss = float(jnp.mean(jnp.stack(losses)))  # waits for the last step
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "loss": mean_loss, "seconds": seconds,
-                  "examples_per_second": len(losses) * batch_size / seconds}
-        metrics = evaluate_fn(params) if evaluate_fn else {}
+        record = {"epoch": run.epoch, "loss": mean_loss, "seconds": seconds,
+                  "examples_per_second": (run.batch - first) * batch_size / seconds}
+        metrics = evaluate_fn(run.params) if evaluate_fn else {}
         if set(metrics) & set(record):
             raise ValueError(f"`evaluate_fn`'s metrics {sorted(metrics)} must not reuse the names {sorted(record)}; "
                              f"prefix them, e.g. 'test_loss'.")
-        record.update(metrics)
-        history.append(record)
+        record.update({name: _number(name, value) for name, value in metrics.items()})
         if log:
             log(" ".join(_format(name, value) for name, value in record.items()))
-    return params, history
+        run = run._replace(key=next_key, epoch=run.epoch + 1, batch=0, epoch_losses=[], history=(*run.history, record))
+        yield run
+
+
+def _number(name, value):
+    """A metric as a Python int or float, as a history (and its JSON in a checkpoint) keeps it."""
+    if np.ndim(value) != 0 or not np.issubdtype(np.asarray(value).dtype, np.number):
+        raise TypeError(f"`evaluate_fn`'s metric {name!r} must be a number, got {value!r}.")
+    return int(value) if np.issubdtype(np.asarray(value).dtype, np.integer) else float(value)
+
+
+class _ProgressBar:
+    """A tqdm bar over one epoch's examples, with the latest loss; nothing at all when not shown.
+    The loss is read (a wait for the device) at most twice a second, so the steps still queue."""
+
+    def __init__(self, show, description, steps, done, batch_size):
+        self._bar = None
+        if show or (show is None and sys.stderr.isatty()):
+            import tqdm  # only when shown
+
+            self._bar = tqdm.tqdm(total=steps * batch_size, initial=done * batch_size, desc=description, unit="ex",
+                                  leave=False, dynamic_ncols=True)
+        self._batch_size, self._shown = batch_size, 0.0
+
+    def __enter__(self):
+        return self
+
+    def update(self, loss):
+        if self._bar is None:
+            return
+        if time.monotonic() - self._shown >= 0.5:
+            self._bar.set_postfix_str(f"loss {float(loss):.4f}", refresh=False)
+            self._shown = time.monotonic()
+        self._bar.update(self._batch_size)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+
+
+class _Checkpoints:
+    """``fit``'s checkpoints: an Orbax ``CheckpointManager`` over a directory, one subdirectory per
+    saved step, holding ``arrays`` (params and optimizer state, Orbax's standard PyTree format)
+    and ``loop`` (JSON: the position, the data-order key, the epoch's losses so far, the history)."""
+
+    def __init__(self, directory, max_to_keep):
+        import orbax.checkpoint as ocp  # only when checkpointing: it takes a second to import
+
+        max_to_keep = None if max_to_keep is None else _positive_int(max_to_keep, "max_to_keep")
+        self._ocp = ocp
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+                                                 cleanup_tmp_directories=True),  # the remains of interrupted writes
+            item_handlers={"arrays": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def path(self, step) -> str:
+        return os.fspath(self._manager.directory / str(step))
+
+    def save(self, run, *, batch_size, examples):
+        key_data = jax.random.key_data(run.key) if _is_typed_key(run.key) else run.key
+        loop = {"epoch": run.epoch, "batch": run.batch, "step": run.step, "key": np.asarray(key_data).tolist(),
+                "epoch_losses": [float(loss) for loss in run.epoch_losses[:run.batch]],
+                "history": list(run.history), "batch_size": batch_size, "examples": examples}
+        self._manager.save(run.step, args=self._ocp.args.Composite(
+            arrays=self._ocp.args.StandardSave({"params": run.params, "opt_state": run.opt_state}),
+            loop=self._ocp.args.JsonSave(loop)))
+
+    def restore(self, step, run, *, batch_size, examples, epochs) -> _Run:
+        """``run`` as checkpoint ``step`` left it, its arrays placed as ``run``'s are."""
+        where = self.path(step)
+        loop = self._manager.restore(step, args=self._ocp.args.Composite(loop=self._ocp.args.JsonRestore())).loop
+        for name, value, saved in (("batch_size", batch_size, loop["batch_size"]), ("examples", examples, loop["examples"])):
+            if value != saved:
+                what = f"`batch_size` {value}" if name == "batch_size" else f"`data` of {value} examples"
+                raise ValueError(f"the checkpoint {where!r} was made with {name} {saved}, not the {what} given: a run "
+                                 f"resumes with the data and batch size it started with (or pass an empty `checkpoint_dir`).")
+        if loop["epoch"] > epochs + (loop["batch"] == 0):  # at batch 0, epoch − 1 epochs are done
+            raise ValueError(f"the checkpoint {where!r} has trained past epoch {epochs}, the `epochs` given (it is at "
+                             f"epoch {loop['epoch']}, batch {loop['batch']}); pass epochs >= {loop['epoch'] - 1}.")
+        like = {"params": run.params, "opt_state": run.opt_state}
+        self._check_like(step, like, where)
+        arrays = self._manager.restore(step, args=self._ocp.args.Composite(
+            arrays=self._ocp.args.StandardRestore(jax.tree_util.tree_map(_abstract, like)))).arrays
+        key = jnp.asarray(np.asarray(loop["key"], np.uint32))
+        key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(run.key)) if _is_typed_key(run.key) else key
+        losses = [jnp.float32(loss) for loss in loop["epoch_losses"]]
+        return run._replace(params=arrays["params"], opt_state=arrays["opt_state"], key=key, epoch=loop["epoch"],
+                            batch=loop["batch"], step=loop["step"], epoch_losses=losses, history=tuple(loop["history"]))
+
+    def _check_like(self, step, like, where):
+        """Refuses a checkpoint whose arrays differ from ``like``'s in path, shape or dtype (Orbax
+        would cast a dtype silently), naming the first, params before the optimizer state."""
+        arrays = lambda tree: {path: leaf for path, leaf in self._ocp.tree.to_flat_dict(tree).items()
+                               if hasattr(leaf, "shape")}
+        saved = arrays(self._manager.item_metadata(step).arrays)
+        wanted = arrays(self._ocp.tree.serialize_tree(like, keep_empty_nodes=True))
+        describe = lambda leaf: "nothing" if leaf is None else f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+        for path in sorted(saved.keys() | wanted.keys(), key=lambda path: (path[0] != "params", str(path))):
+            if describe(saved.get(path)) != describe(wanted.get(path)):
+                which = "`params`" if path[0] == "params" else "the optimizer state"
+                raise ValueError(f"the checkpoint {where!r} does not fit {which}: at {'/'.join(map(str, path))} it "
+                                 f"holds {describe(saved.get(path))}, where {which} has {describe(wanted.get(path))}. "
+                                 f"Resume with the model and optimizer it was made with, or pass an empty "
+                                 f"`checkpoint_dir`.")
+
+    def close(self):
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _abstract(leaf):
+    """Where a restored array goes: ``leaf``'s shape, dtype and sharding (the first local device for
+    a leaf not yet on one)."""
+    sharding = leaf.sharding if isinstance(leaf, jax.Array) else jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(np.shape(leaf), jnp.result_type(leaf), sharding=sharding)
+
+
+def _is_typed_key(key):
+    """Whether ``key`` is a typed key (``jax.random.key``) rather than raw ``uint32`` data (``PRNGKey``)."""
+    return isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
 
 
 def _format(name, value):

@@ -39,7 +39,7 @@ def problem():
 
 def fit(params, loss, x, y, mesh=None):
     return training.fit(loss, params, (x, y), key=jax.random.PRNGKey(1), epochs=2, batch_size=BATCH,
-                        optimizer=optax.sgd(0.1, momentum=0.9), log=None, mesh=mesh)[0]
+                        optimizer=optax.sgd(0.1, momentum=0.9), log=None, mesh=mesh).params
 
 
 def main(port, process_id, out_dir):

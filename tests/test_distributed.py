@@ -233,8 +233,8 @@ def test_the_step_all_reduces_the_gradients_once(any_mesh):
 def test_fit_with_a_mesh_equals_fit_without(any_mesh):
     params, loss, x, y = setup("mlp", np.float32)
     kwargs = dict(key=jax.random.PRNGKey(3), epochs=2, batch_size=16, log=None)
-    one, one_history = training.fit(loss, params, (x, y), **kwargs)
-    many, many_history = training.fit(loss, params, (x, y), mesh=any_mesh, **kwargs)
+    one, _, one_history = training.fit(loss, params, (x, y), **kwargs)
+    many, _, many_history = training.fit(loss, params, (x, y), mesh=any_mesh, **kwargs)
     chex.assert_trees_all_close(many, one, **TOLERANCE[np.float32])
     assert many_history[-1]["loss"] == pytest.approx(one_history[-1]["loss"], rel=1e-5)
     assert jax.tree_util.tree_leaves(many)[0].sharding.is_fully_replicated
@@ -246,8 +246,8 @@ def test_jax_make_mesh_explicit_axes_train_as_auto_ones(mesh):
     yours = jax.make_mesh((DEVICES,), ("data",))
     assert yours.axis_types == (jax.sharding.AxisType.Explicit,)
     kwargs = dict(key=jax.random.PRNGKey(3), epochs=1, batch_size=16, log=None)
-    trained, _ = training.fit(loss, params, (x, y), mesh=yours, **kwargs)
-    chex.assert_trees_all_close(trained, training.fit(loss, params, (x, y), mesh=mesh, **kwargs)[0], **TOLERANCE[np.float32])
+    trained = training.fit(loss, params, (x, y), mesh=yours, **kwargs).params
+    chex.assert_trees_all_close(trained, training.fit(loss, params, (x, y), mesh=mesh, **kwargs).params, **TOLERANCE[np.float32])
     placed = training.shard_batch(x[:16], yours)
     assert placed.sharding.spec == P("data") and placed.sharding.mesh.devices.tolist() == yours.devices.tolist()
     assert jax.typeof(placed).sharding.spec == P("data", None, None, None)  # the split is in the type
@@ -268,9 +268,30 @@ def test_fsdp_training_equals_one_device(problem, any_mesh):
     np.testing.assert_allclose(many_losses, one_losses, **TOLERANCE[np.float32])
     placement = lambda tree: jax.tree_util.tree_map(lambda a: a.sharding, tree)
     assert placement(many) == placement(sharded)
-    fitted, _ = training.fit(loss, sharded, (x, y), key=jax.random.PRNGKey(3), epochs=1, batch_size=16, log=None,
-                             mesh=any_mesh)
+    fitted = training.fit(loss, sharded, (x, y), key=jax.random.PRNGKey(3), epochs=1, batch_size=16, log=None,
+                          mesh=any_mesh).params
     assert placement(fitted) == placement(sharded)
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+def test_a_run_resumes_onto_the_mesh_with_its_shardings(any_mesh, fsdp, tmp_path):
+    """fit's Orbax checkpoints hold arrays placed on 8 devices; a resumed run restores them onto the
+    shardings its params have (replicated, or split by shard_params) and ends as the straight run."""
+    params, loss, x, y = setup("mlp", np.float32)
+    params = training.shard_params(params, any_mesh) if fsdp else params
+    kwargs = dict(key=jax.random.PRNGKey(3), batch_size=16, log=None, mesh=any_mesh)
+    straight = training.fit(loss, params, (x, y), epochs=2, **kwargs)
+    training.fit(loss, params, (x, y), epochs=1, checkpoint_dir=tmp_path, **kwargs)
+    restored = training.fit(loss, params, (x, y), epochs=1, checkpoint_dir=tmp_path, **kwargs)  # nothing to train
+    placement = lambda tree: jax.tree_util.tree_map(lambda a: a.sharding, tree)
+    assert placement(restored.params) == placement(straight.params)
+    assert placement(restored.opt_state) == placement(straight.opt_state)
+    assert all(isinstance(sharding, NamedSharding) and sharding.mesh == any_mesh
+               for sharding in jax.tree_util.tree_leaves(placement((restored.params, restored.opt_state))))
+    assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree_util.tree_leaves(restored.params)) == fsdp
+    resumed = training.fit(loss, params, (x, y), epochs=2, checkpoint_dir=tmp_path, **kwargs)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, (resumed.params, resumed.opt_state),
+                           (straight.params, straight.opt_state))
 
 
 def test_shard_params_splits_weights_over_their_input_features(mesh):

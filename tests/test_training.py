@@ -41,8 +41,8 @@ def test_fit_lowers_the_loss_and_reports(rng):
     lines = []
     evaluate = lambda p: {"train_" + k: v for k, v in training.evaluate(
         model.apply, p, x, y, loss_fn=purebp.softmax_cross_entropy_with_integer_labels, batch_size=100).items()}
-    _, history = training.fit(loss, params, (x, y), key=jax.random.PRNGKey(1), epochs=5, batch_size=32,
-                              evaluate_fn=evaluate, log=lines.append)
+    history = training.fit(loss, params, (x, y), key=jax.random.PRNGKey(1), epochs=5, batch_size=32,
+                           evaluate_fn=evaluate, log=lines.append).history
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert history[-1]["train_accuracy"] > 0.9
     assert len(lines) == 5 and lines[0].startswith("epoch   1 loss ") and "ex/s" in lines[0]
@@ -54,7 +54,7 @@ def test_fit_lowers_the_loss_and_reports(rng):
 
 def test_fit_is_deterministic(rng):
     _, params, loss, x, y = toy_problem(rng)
-    runs = [training.fit(loss, params, (x, y), key=jax.random.PRNGKey(3), epochs=2, batch_size=64, log=None)[0]
+    runs = [training.fit(loss, params, (x, y), key=jax.random.PRNGKey(3), epochs=2, batch_size=64, log=None).params
             for _ in range(2)]
     jax.tree_util.tree_map(np.testing.assert_array_equal, *runs)
 
@@ -83,8 +83,8 @@ def test_batches_reject_bad_arguments():
 def test_training_takes_numpy_counts_and_names_the_habits_it_refuses(rng):
     model, params, loss, x, y = toy_problem(rng)
     assert [len(b[0]) for b in training.batches(None, (x[:10],), np.int64(4), shuffle=False)] == [4, 4, 2]
-    _, history = training.fit(loss, params, (x, y), key=jax.random.PRNGKey(0), epochs=np.int64(1),
-                              batch_size=np.int32(32), log=None)
+    history = training.fit(loss, params, (x, y), key=jax.random.PRNGKey(0), epochs=np.int64(1),
+                           batch_size=np.int32(32), log=None).history
     assert len(history) == 1
     with pytest.raises(TypeError, match=r"`data` must be a tuple of arrays .* got an array of shape \(256, 4\); "
                                         r"pass \(x, y\)"):
@@ -137,6 +137,24 @@ def test_checkpoint_rejects_what_it_cannot_describe(tmp_path):
     assert not (tmp_path / "state.npz").exists()  # refused before anything is written
 
 
+@pytest.mark.parametrize("optimizer", [
+    pytest.param(optax.sgd(0.1), id="sgd"),
+    pytest.param(optax.sgd(0.1, momentum=0.9), id="sgd-momentum"),
+    pytest.param(optax.adam(1e-3), id="adam"),
+    pytest.param(optax.adamw(1e-3), id="adamw"),
+    pytest.param(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), id="chain"),
+    pytest.param(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), id="inject-hyperparams"),
+    pytest.param(optax.MultiSteps(optax.adam(1e-3), every_k_schedule=2), id="multi-steps"),
+    pytest.param(optax.masked(optax.adam(1e-3), {"w": True, "b": False}), id="masked"),
+])
+def test_save_params_refuses_every_optax_state_before_writing(tmp_path, optimizer):
+    """The .npz export round-trips what it describes or refuses it; an optimizer state goes to Orbax."""
+    state = optimizer.init({"w": jnp.ones((2, 2)), "b": jnp.zeros(2)})
+    with pytest.raises(TypeError, match=r"a NamedTuple, such as an optax state.*training.fit\(\.\.\., checkpoint_dir"):
+        save_params(tmp_path / "state.npz", state)
+    assert not (tmp_path / "state.npz").exists()
+
+
 def write_npz(path, structure, **arrays):
     """An .npz as save_params lays it out, with a structure of our choosing."""
     np.savez(path, **arrays, __structure__=np.asarray(json.dumps(structure)))
@@ -173,3 +191,136 @@ def test_load_params_refuses_other_numpy_files(tmp_path):
     np.savez(tmp_path / "plain.npz", w=np.ones(3))
     with pytest.raises(ValueError, match="got an .npz without it"):
         load_params(tmp_path / "plain.npz")
+
+
+# Resumable runs: fit's Orbax checkpoints. A run stopped anywhere and resumed ends bit for bit where the
+# same run straight through does (the CPU is deterministic), whatever stopped it.
+
+import os
+import shutil
+import subprocess
+import sys
+
+import killed_while_saving
+
+TIMING = ("seconds", "examples_per_second")  # of the steps run in each call: all a resumed history may differ in
+
+OPTIMIZERS = [
+    pytest.param(optax.sgd(0.1, momentum=0.9), jax.random.PRNGKey(1), id="sgd-momentum"),
+    pytest.param(optax.adam(1e-2), jax.random.key(1), id="adam-typed-key"),
+]
+
+
+def assert_same_run(resumed, straight):
+    """The same params, optimizer state and history, to the bit, but for the timings."""
+    chex_equal = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+    assert jax.tree_util.tree_structure(resumed.opt_state) == jax.tree_util.tree_structure(straight.opt_state)
+    jax.tree_util.tree_map(chex_equal, (resumed.params, resumed.opt_state), (straight.params, straight.opt_state))
+    untimed = lambda history: [{k: v for k, v in record.items() if k not in TIMING} for record in history]
+    assert untimed(resumed.history) == untimed(straight.history)
+
+
+def steps_saved(directory):
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+@pytest.fixture
+def run():
+    """``run(epochs, **fit_kwargs)``: killed_while_saving's problem, trained by ``fit`` (4 epochs of 8 steps)."""
+    loss, params, data, kwargs = killed_while_saving.problem()
+    return lambda epochs, params=params, **more: training.fit(loss, params, data, epochs=epochs, **{**kwargs, **more})
+
+
+@pytest.mark.parametrize("optimizer, key", OPTIMIZERS)
+def test_two_epochs_resumed_for_two_more_equal_four_straight(run, tmp_path, optimizer, key):
+    straight = run(4, optimizer=optimizer, key=key)
+    first = run(2, optimizer=optimizer, key=key, checkpoint_dir=tmp_path)
+    assert steps_saved(tmp_path) == [8, 16] and len(first.history) == 2  # one checkpoint an epoch, named by step
+    lines = []
+    resumed = run(4, optimizer=optimizer, key=key, checkpoint_dir=tmp_path, log=lines.append)
+    assert lines[0] == f"resumed from {tmp_path / '16'}: epoch 3, batch 0, step 16"
+    assert steps_saved(tmp_path) == [16, 24, 32]  # max_to_keep=3
+    assert_same_run(resumed, straight)
+    again = run(4, optimizer=optimizer, key=key, checkpoint_dir=tmp_path)  # done: restores, trains nothing
+    assert_same_run(again, straight)
+
+
+def test_a_run_resumes_part_way_through_an_epoch(run, tmp_path):
+    """``save_every`` counts steps: checkpoints mid-epoch, from which the epoch goes on at the next batch."""
+    straight = run(4)
+    run(4, checkpoint_dir=tmp_path, save_every=5, max_to_keep=None)
+    assert steps_saved(tmp_path) == [5, 10, 15, 20, 25, 30, 32]  # and the last step
+    for step in (15, 20, 25, 30, 32):  # as if killed just after step 10's checkpoint
+        shutil.rmtree(tmp_path / str(step))
+    lines = []
+    assert_same_run(run(4, checkpoint_dir=tmp_path, log=lines.append), straight)
+    assert lines[0].endswith("epoch 2, batch 2, step 10")
+
+
+def test_an_interrupted_run_saves_where_it_stopped(run, tmp_path):
+    """Ctrl-C (here in the third epoch's evaluation) saves the last whole step before it propagates."""
+    straight = run(4)
+
+    def interrupted_in_epoch_3(params):
+        if interrupted_in_epoch_3.calls == 2:
+            raise KeyboardInterrupt
+        interrupted_in_epoch_3.calls += 1
+        return {}
+
+    interrupted_in_epoch_3.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        run(4, checkpoint_dir=tmp_path, evaluate_fn=interrupted_in_epoch_3)
+    assert steps_saved(tmp_path) == [8, 16, 23]  # step 24 ended the epoch, but its record was not made
+    assert_same_run(run(4, checkpoint_dir=tmp_path), straight)
+
+
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(run, tmp_path):
+    straight = run(4)
+    killed = subprocess.run([sys.executable, killed_while_saving.__file__, str(tmp_path), "3"], capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr  # SIGKILL, as the third checkpoint (step 24) was being completed
+    assert sorted(os.listdir(tmp_path)) == ["16", "24.orbax-checkpoint-tmp", "8"]
+    lines = []
+    assert_same_run(run(4, checkpoint_dir=tmp_path, log=lines.append), straight)
+    assert lines[0].endswith("epoch 3, batch 0, step 16")
+    assert sorted(os.listdir(tmp_path)) == ["16", "24", "32"]  # the half-written one cleared away, then made anew
+
+
+@pytest.mark.parametrize("change, message", [
+    pytest.param(dict(resume=False), r"holds checkpoints \(the latest at step 16\), which resume=False would "
+                 "overwrite", id="resume-false"),
+    pytest.param(dict(batch_size=16), "was made with batch_size 32, not the `batch_size` 16 given", id="batch-size"),
+    pytest.param(dict(epochs=1), "has trained past epoch 1, the `epochs` given", id="fewer-epochs"),
+    pytest.param(dict(optimizer=optax.sgd(0.1, momentum=0.9)), "does not fit the optimizer state: at opt_state/0/",
+                 id="other-optimizer"),
+    pytest.param(dict(params=[{"w": jnp.zeros((4, 16)), "b": jnp.zeros(16)}, {}, {"w": jnp.zeros((16, 2)),
+                                                                                  "b": jnp.zeros(2)}]),
+                 r"does not fit `params`: at params/0/b it holds float32\[8\], where `params` has float32\[16\]",
+                 id="other-widths"),
+    pytest.param(dict(params="bfloat16"), r"at params/0/b it holds float32\[8\], where `params` has bfloat16\[8\]",
+                 id="other-dtype"),
+])
+def test_resuming_refuses_a_checkpoint_of_another_run(run, tmp_path, change, message):
+    run(2, checkpoint_dir=tmp_path)
+    loss, params, data, kwargs = killed_while_saving.problem()
+    if change.get("params") == "bfloat16":
+        change["params"] = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
+    arguments = {**kwargs, "epochs": 2, "checkpoint_dir": tmp_path, "params": params, **change}
+    with pytest.raises(ValueError, match=message):
+        training.fit(loss, data=data, **arguments)
+    assert steps_saved(tmp_path) == [8, 16]  # nothing written
+
+
+def test_fit_returns_the_optimizer_state_to_train_on(run):
+    first = run(1)
+    assert isinstance(first, training.Fitted) and int(first.opt_state[0].count) == 8  # adam's count of steps
+    more = run(1, params=first.params, opt_state=first.opt_state)
+    assert int(more.opt_state[0].count) == 16
+
+
+def test_a_progress_bar_shows_the_loss_and_examples_per_second_on_a_terminal(run, capsys):
+    run(1, progress=True)
+    bar = capsys.readouterr().err
+    assert "epoch 1/1" in bar and "ex/s" in bar and "loss 0." in bar
+    run(1)  # progress=None: stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
