@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import os
+import sys
 import time
 
 import jax
@@ -84,20 +86,60 @@ def parser(description: str, *, epochs: int, learning_rate: float, batch_size: i
                      help="SGD learning rate, momentum 0.9 (default %(default)s)")
     cli.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (default %(default)s)")
     cli.add_argument("--seed", type=int, default=0, help="seed of the initialisation and shuffling (default 0)")
+    cli.add_argument("--checkpoint-dir", metavar="DIR",
+                     help="checkpoint every epoch to DIR (Orbax) and resume from it when run again; the training "
+                          "curve goes there too, as training_curve.png")
     cli.add_argument("--save", metavar="PATH", help="write the trained params to PATH (.npz)")
     return cli
 
 
-def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evaluate_fn=None, log=print, mesh=None):
+def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evaluate_fn=None, log=print, mesh=None,
+          checkpoint_dir=None, title="training", decay=False):
     """``training.fit`` with SGD and momentum 0.9, shuffled from ``seed``; returns ``(params, history, seconds)``.
 
-    With a ``mesh``, data-parallel over its devices (see ``training.fit``).
+    With a ``mesh``, data-parallel over its devices (see ``training.fit``). With a
+    ``checkpoint_dir``, checkpointed there every epoch (run again, it resumes) and the training
+    curve, titled ``title``, written beside the checkpoints. ``decay`` lowers the learning rate
+    along a cosine to 0 at the last step.
     """
+    steps = epochs * (len(data[0]) // batch_size)
+    rate = optax.cosine_decay_schedule(learning_rate, steps) if decay else learning_rate
     start = time.perf_counter()
     params, _, history = training.fit(
         loss, params, data, key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
-        optimizer=optax.sgd(learning_rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log, mesh=mesh)
-    return params, history, time.perf_counter() - start
+        optimizer=optax.sgd(rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log, mesh=mesh,
+        checkpoint_dir=checkpoint_dir)
+    seconds = time.perf_counter() - start
+    if checkpoint_dir is not None and jax.process_index() == 0:
+        log(f"wrote {plot_history(history, os.path.join(checkpoint_dir, 'training_curve.png'), title)}")
+    return params, history, seconds
+
+
+def plot_history(history, path, title):
+    """Writes ``history``'s curves per epoch to the PNG ``path``: the training (and test) loss, and
+    the accuracies when it has any. Returns ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+
+    epochs = [record["epoch"] for record in history]
+    accuracies = [name for name in history[0] if name.endswith("accuracy")]
+    figure, axes = plt.subplots(1, 1 + bool(accuracies), figsize=(5 + 4 * bool(accuracies), 3.4), squeeze=False)
+    for name, label in (("loss", "training"), ("test_loss", "test")):
+        if name in history[0]:
+            axes[0, 0].plot(epochs, [record[name] for record in history], marker=".", label=label)
+    axes[0, 0].set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    for name in accuracies:
+        axes[0, 1].plot(epochs, [100 * record[name] for record in history], marker=".", label=name.replace("_", " "))
+    if accuracies:
+        axes[0, 1].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for axis in axes.flat:
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
 
 
 def metrics_on_test_set(apply_fn, x_test, y_test, loss_fn, *, mesh=None):
@@ -110,6 +152,14 @@ def metrics_on_test_set(apply_fn, x_test, y_test, loss_fn, *, mesh=None):
         return {"test_" + name: value for name, value in metrics.items()}
 
     return evaluate
+
+
+def interruptible(main):
+    """Runs ``main()``; Ctrl-C ends it with ``fit``'s last line (where it saved), not a traceback."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        sys.exit(130)  # as a shell reports SIGINT
 
 
 def save_if_asked(args, params):

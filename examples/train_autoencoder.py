@@ -2,7 +2,7 @@
 
 Encoder: two stride-2 convolutions, 8×8×1 → 4×4×16 → 2×2×32. Decoder: two stride-2 transposed
 convolutions back to 8×8×1 and a sigmoid. Trained on ``l2_loss`` with SGD and momentum 0.9.
-Writes two PNGs: test digits above their reconstructions, and the loss curves.
+Writes two PNGs: test digits above their reconstructions, and the training curve.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def model():
         layers.ConvTranspose(1, 3, stride=2), layers.Sigmoid())
 
 
-def run(*, epochs=40, learning_rate=0.5, batch_size=32, seed=0, out_dir="autoencoder_out", log=print):
+def run(*, epochs=40, learning_rate=0.5, batch_size=32, seed=0, out_dir="autoencoder_out", checkpoint_dir=None,
+        log=print):
     """Trains the autoencoder, writes the PNGs to ``out_dir`` (None: none); returns params and metrics."""
     x_train, _, x_test, _ = common.digits(images=True)
     net = model()
@@ -45,14 +46,15 @@ def run(*, epochs=40, learning_rate=0.5, batch_size=32, seed=0, out_dir="autoenc
     test_loss = jax.jit(lambda p: loss(p, x_test))
     params, history, seconds = common.train(
         loss, params, (x_train,), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-        evaluate_fn=lambda p: {"test_loss": float(test_loss(p))}, log=log)
+        evaluate_fn=lambda p: {"test_loss": float(test_loss(p))}, log=log, checkpoint_dir=checkpoint_dir,
+        title="the convolutional autoencoder on digits")
     final = history[-1]["test_loss"]
     log(f"test l2 loss {final:.4f} (mean squared error {2 * final:.4f}) in {seconds:.1f}s")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         _plot_reconstructions(net.apply(params, x_test[:10]), x_test[:10], os.path.join(out_dir, "reconstructions.png"))
-        _plot_losses(history, os.path.join(out_dir, "loss.png"))
-        log(f"wrote {out_dir}/reconstructions.png and {out_dir}/loss.png")
+        common.plot_history(history, os.path.join(out_dir, "training_curve.png"), "the convolutional autoencoder on digits")
+        log(f"wrote {out_dir}/reconstructions.png and {out_dir}/training_curve.png")
     return {"params": params, "history": history, "seconds": seconds, "test_loss": final}
 
 
@@ -72,30 +74,15 @@ def _plot_reconstructions(reconstructions, originals, path):
     plt.close(figure)
 
 
-def _plot_losses(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3))
-    epochs = [record["epoch"] for record in history]
-    axis.plot(epochs, [record["loss"] for record in history], label="train")
-    axis.plot(epochs, [record["test_loss"] for record in history], label="test")
-    axis.set(xlabel="epoch", ylabel="l2 loss", yscale="log", title="autoencoder on digits")
-    axis.legend()
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
-
-
 def main(argv=None):
     cli = common.parser(__doc__.splitlines()[0], epochs=40, learning_rate=0.5, batch_size=32)
     cli.add_argument("--out-dir", default="autoencoder_out", help="where the PNGs go (default %(default)s)")
     args = cli.parse_args(argv)
     result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-                 out_dir=args.out_dir)
+                 out_dir=args.out_dir, checkpoint_dir=args.checkpoint_dir)
     common.save_if_asked(args, result["params"])
     return result
 
 
 if __name__ == "__main__":
-    main()
+    common.interruptible(main)

@@ -16,7 +16,7 @@ except ImportError:
     import common  # python examples/<name>.py
 
 
-def run(*, epochs=40, learning_rate=0.05, batch_size=32, hidden=16, seed=0, log=print):
+def run(*, epochs=40, learning_rate=0.05, batch_size=32, hidden=16, seed=0, checkpoint_dir=None, log=print):
     """Trains the classifier; returns its params, history and test metrics."""
     x_train, y_train, x_test, y_test = common.breast_cancer()
     model = layers.serial(layers.Dense(hidden), layers.Tanh(), layers.Dense(1))
@@ -30,17 +30,19 @@ def run(*, epochs=40, learning_rate=0.05, batch_size=32, hidden=16, seed=0, log=
 
     params, history, seconds = common.train(
         loss, params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
-        evaluate_fn=common.metrics_on_test_set(model.apply, x_test, y_test, per_example_loss), log=log)
+        evaluate_fn=common.metrics_on_test_set(model.apply, x_test, y_test, per_example_loss), log=log,
+        checkpoint_dir=checkpoint_dir, title=f"30-{hidden}-1 tanh network on breast-cancer diagnoses")
     log(f"test accuracy {history[-1]['test_accuracy']:.2%} in {seconds:.1f}s")
     return {"params": params, "history": history, "seconds": seconds, "test_accuracy": history[-1]["test_accuracy"]}
 
 
 def main(argv=None):
     args = common.parser(__doc__.splitlines()[0], epochs=40, learning_rate=0.05, batch_size=32).parse_args(argv)
-    result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed)
+    result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
+                 checkpoint_dir=args.checkpoint_dir)
     common.save_if_asked(args, result["params"])
     return result
 
 
 if __name__ == "__main__":
-    main()
+    common.interruptible(main)

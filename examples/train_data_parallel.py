@@ -1,9 +1,11 @@
-"""The CNN of train_cnn.py on 8×8 digits, data-parallel over every device JAX sees.
+"""A small CNN on 8×8 digits, data-parallel over every device JAX sees.
 
-A one-dimensional mesh spans all devices (of all processes, under ``jax.distributed``). Each batch
-is split along its examples over the mesh, params and optimizer state are replicated, and XLA
-all-reduces the gradients, which are hand-written VJPs all the way down. The test set is evaluated
-data-parallel too. On one device this is train_cnn.py, step for step. Eight simulated CPU devices:
+``ZeroPad(1) → Conv(16, 3×3) → Relu → MaxPool(2) → Conv(32, 3×3, SAME) → Relu → AvgPool(2) →
+Flatten → Dense(10)``: every gradient a hand-written VJP, the padding's slice and the average
+pool's even spread among them. A one-dimensional mesh spans all devices (of all processes, under
+``jax.distributed``). Each batch is split along its examples over the mesh, params and optimizer
+state are replicated, and XLA all-reduces the gradients. The test set is evaluated data-parallel
+too. On one device it is the same run, step for step. Eight simulated CPU devices:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/train_data_parallel.py
 
@@ -23,19 +25,29 @@ its peers.
 from __future__ import annotations
 
 import jax
+from jax.nn import initializers
 from jax.sharding import AxisType
 
 import purebp
-from purebp import training
+from purebp import layers, training
 
 try:
     from . import common  # python -m examples.<name>, from the repository's root
 except ImportError:
     import common  # python examples/<name>.py
-import train_cnn
 
 
-def run(*, epochs=15, learning_rate=0.05, batch_size=32, seed=0, mesh=None, fsdp=False, explicit=False, log=print):
+def model():
+    he = initializers.he_normal()  # relu layers: variance 2 / fan_in
+    return layers.serial(
+        layers.ZeroPad(1),
+        layers.Conv(16, 3, padding="VALID", w_init=he), layers.Relu(), layers.MaxPool(2),
+        layers.Conv(32, 3, padding="SAME", w_init=he), layers.Relu(), layers.AvgPool(2),
+        layers.Flatten(), layers.Dense(10))
+
+
+def run(*, epochs=15, learning_rate=0.05, batch_size=32, seed=0, mesh=None, fsdp=False, explicit=False,
+        checkpoint_dir=None, log=print):
     """Trains the CNN over ``mesh`` (default: every device); returns params, history and throughput.
 
     ``fsdp`` places the params with ``training.shard_params`` (each weight split over the mesh's
@@ -51,7 +63,7 @@ def run(*, epochs=15, learning_rate=0.05, batch_size=32, seed=0, mesh=None, fsdp
     axis_types = "" if set(mesh.axis_types) == {AxisType.Auto} else f" ({', '.join(t.name for t in mesh.axis_types)})"
     log(f"mesh {dict(mesh.shape)}{axis_types}: {mesh.size} {devices} device(s) in {jax.process_count()} process(es); "
         f"batch {batch_size} = {batch_size / mesh.size:g} per device" + ("; params sharded (FSDP)" if fsdp else ""))
-    net = train_cnn.model()
+    net = model()
     _, params = net.init(jax.random.PRNGKey(seed), x_train.shape)
     if fsdp:  # each weight split along its input features over the mesh; biases replicated
         params = training.shard_params(params, mesh)
@@ -63,7 +75,7 @@ def run(*, epochs=15, learning_rate=0.05, batch_size=32, seed=0, mesh=None, fsdp
         loss, params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
         evaluate_fn=common.metrics_on_test_set(net.apply, x_test, y_test, purebp.softmax_cross_entropy_with_integer_labels,
                                                mesh=mesh),
-        log=log, mesh=mesh)
+        log=log, mesh=mesh, checkpoint_dir=checkpoint_dir, title=f"the digits CNN over {mesh.size} device(s)")
     steady = history[1:] or history  # the first epoch includes compilation
     examples_per_second = sum(h["examples_per_second"] for h in steady) / len(steady)
     log(f"test accuracy {history[-1]['test_accuracy']:.2%} in {seconds:.1f}s; {examples_per_second:,.0f} examples/s "
@@ -90,7 +102,7 @@ def main(argv=None):
         jax.distributed.initialize(*cluster)  # before anything touches a device
     log = print if jax.process_index() == 0 else (lambda line: None)  # one process speaks
     result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-                 fsdp=args.fsdp, explicit=args.explicit, log=log)
+                 fsdp=args.fsdp, explicit=args.explicit, checkpoint_dir=args.checkpoint_dir, log=log)
     params = result["params"]
     if args.save and args.fsdp:  # every process joins in gathering the slices, so that process 0 holds them all
         params = training.replicate(params, result["mesh"])
@@ -100,4 +112,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.interruptible(main)

@@ -419,7 +419,9 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
     and the history. Called again on the same directory, it restores the latest complete
     checkpoint and goes on from there, so that a run stopped and resumed ends bit for bit where
     the same run straight through would have (on a deterministic backend such as the CPU). A
-    checkpoint is also saved at the end, and on ``KeyboardInterrupt`` before it is re-raised.
+    checkpoint is also saved at the end, and on ``KeyboardInterrupt`` (Ctrl-C) before it is
+    re-raised. A process killed outright (SIGKILL, a preempted machine) loses the steps since the
+    last complete checkpoint, nothing more: an interrupted write is never taken for one.
 
     Args:
       loss_fn: ``loss_fn(params, *batch)`` returning the mean loss of a batch.
@@ -500,9 +502,15 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
                 if (run.step % save_every == 0) if save_every else (run.batch == 0):  # due
                     checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
                     saved = run.step
-        finally:  # done, or interrupted (KeyboardInterrupt included): the last whole run, if not saved yet
+        except KeyboardInterrupt:  # the last whole run, saved before the interrupt goes on
             if run.step not in (saved, 0):
                 checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
+            if log and run.step:
+                log(f"interrupted: saved step {run.step} (epoch {run.epoch}, batch {run.batch}) to "
+                    f"{checkpoints.path(run.step)}; run again with the same checkpoint_dir to resume")
+            raise
+        if run.step != saved:
+            checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
     finally:
         checkpoints.close()  # waits for the writes
     return run.fitted()
@@ -631,9 +639,10 @@ class _Checkpoints:
                 what = f"`batch_size` {value}" if name == "batch_size" else f"`data` of {value} examples"
                 raise ValueError(f"the checkpoint {where!r} was made with {name} {saved}, not the {what} given: a run "
                                  f"resumes with the data and batch size it started with (or pass an empty `checkpoint_dir`).")
-        if loop["epoch"] > epochs + (loop["batch"] == 0):  # at batch 0, epoch − 1 epochs are done
+        reached = loop["epoch"] - (loop["batch"] == 0)  # the epochs begun: at batch 0, the one in progress is not
+        if reached > epochs:
             raise ValueError(f"the checkpoint {where!r} has trained past epoch {epochs}, the `epochs` given (it is at "
-                             f"epoch {loop['epoch']}, batch {loop['batch']}); pass epochs >= {loop['epoch'] - 1}.")
+                             f"epoch {loop['epoch']}, batch {loop['batch']}); pass epochs >= {reached}.")
         like = {"params": run.params, "opt_state": run.opt_state}
         self._check_like(step, like, where)
         arrays = self._manager.restore(step, args=self._ocp.args.Composite(

@@ -143,7 +143,7 @@ def mlp_problem(dtype):
 
 
 def cnn_problem(dtype):
-    """The CNN of examples/train_cnn.py, narrower: ZeroPad, Conv, Relu, MaxPool, Conv, AvgPool, Flatten, Dense."""
+    """The CNN of examples/train_data_parallel.py, narrower: ZeroPad, Conv, Relu, MaxPool, Conv, AvgPool, Flatten, Dense."""
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(64, 8, 8, 1)).astype(dtype)
     y = (x[:, :4, :4].mean((1, 2, 3)) * 10 % 10).astype(np.int32)
@@ -499,7 +499,6 @@ def test_two_processes_train_as_one(tmp_path):
 
 def test_example_trains_over_every_device(mesh):
     sys.path.insert(0, str(TESTS.parent / "examples"))
-    import train_cnn
     import train_data_parallel
 
     lines = []
@@ -508,6 +507,7 @@ def test_example_trains_over_every_device(mesh):
                         f"batch 32 = {32 // DEVICES} per device")
     assert "examples/s" in lines[-1] and result["examples_per_second"] > 0
     assert result["test_accuracy"] > 0.5
-    if DEVICES > 1:  # the same CNN on one device, 42 steps
-        alone = train_cnn.run(epochs=1, batch_size=32, log=lambda line: None)
+    if DEVICES > 1:  # the same run on one device, 42 steps
+        alone = train_data_parallel.run(epochs=1, batch_size=32, mesh=training.data_parallel_mesh(jax.devices()[:1]),
+                                        log=lambda line: None)
         chex.assert_trees_all_close(result["params"], alone["params"], rtol=1e-4, atol=1e-5)
