@@ -487,30 +487,34 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
         for run in _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progress):
             pass
         return run.fitted()
-    checkpoints = _Checkpoints(checkpoint_dir, max_to_keep)
+    checkpoints = _Checkpoints(checkpoint_dir, max_to_keep, batch_size=batch_size, examples=len(data[0]))
+
+    def due(run):  # every `save_every` steps, or at each epoch's end
+        return run.step % save_every == 0 if save_every else run.batch == 0
+
     try:
         if (saved := checkpoints.latest_step()) is not None:
             if not resume:
                 raise ValueError(f"`checkpoint_dir` {os.fspath(checkpoint_dir)!r} holds checkpoints (the latest at "
                                  f"step {saved}), which resume=False would overwrite; pass resume=True to go on "
                                  f"from it, or an empty directory.")
-            run = checkpoints.restore(saved, run, batch_size=batch_size, examples=len(data[0]), epochs=epochs)
+            run = checkpoints.restore(saved, run, epochs=epochs)
             if log:
                 log(f"resumed from {checkpoints.path(saved)}: epoch {run.epoch}, batch {run.batch}, step {run.step}")
         try:
             for run in _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progress):
-                if (run.step % save_every == 0) if save_every else (run.batch == 0):  # due
-                    checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
+                if due(run):
+                    checkpoints.save(run)
                     saved = run.step
         except KeyboardInterrupt:  # the last whole run, saved before the interrupt goes on
             if run.step not in (saved, 0):
-                checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
+                checkpoints.save(run)
             if log and run.step:
                 log(f"interrupted: saved step {run.step} (epoch {run.epoch}, batch {run.batch}) to "
                     f"{checkpoints.path(run.step)}; run again with the same checkpoint_dir to resume")
             raise
         if run.step != saved:
-            checkpoints.save(run, batch_size=batch_size, examples=len(data[0]))
+            checkpoints.save(run)
     finally:
         checkpoints.close()  # waits for the writes
     return run.fitted()
@@ -604,11 +608,11 @@ class _Checkpoints:
     saved step, holding ``arrays`` (params and optimizer state, Orbax's standard PyTree format)
     and ``loop`` (JSON: the position, the data-order key, the epoch's losses so far, the history)."""
 
-    def __init__(self, directory, max_to_keep):
+    def __init__(self, directory, max_to_keep, *, batch_size, examples):
         import orbax.checkpoint as ocp  # only when checkpointing: it takes a second to import
 
         max_to_keep = None if max_to_keep is None else _positive_int(max_to_keep, "max_to_keep")
-        self._ocp = ocp
+        self._ocp, self._batch_size, self._examples = ocp, batch_size, examples
         self._manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
@@ -621,20 +625,23 @@ class _Checkpoints:
     def path(self, step) -> str:
         return os.fspath(self._manager.directory / str(step))
 
-    def save(self, run, *, batch_size, examples):
+    def save(self, run):
         key_data = jax.random.key_data(run.key) if _is_typed_key(run.key) else run.key
+        losses = run.epoch_losses[:run.batch]  # as Python floats, which hold float32, float64 and bfloat16 exactly
         loop = {"epoch": run.epoch, "batch": run.batch, "step": run.step, "key": np.asarray(key_data).tolist(),
-                "epoch_losses": [float(loss) for loss in run.epoch_losses[:run.batch]],
-                "history": list(run.history), "batch_size": batch_size, "examples": examples}
+                "epoch_losses": [float(loss) for loss in losses],
+                "loss_dtype": np.dtype(losses[0].dtype).name if losses else None,
+                "history": list(run.history), "batch_size": self._batch_size, "examples": self._examples}
         self._manager.save(run.step, args=self._ocp.args.Composite(
             arrays=self._ocp.args.StandardSave({"params": run.params, "opt_state": run.opt_state}),
             loop=self._ocp.args.JsonSave(loop)))
 
-    def restore(self, step, run, *, batch_size, examples, epochs) -> _Run:
+    def restore(self, step, run, *, epochs) -> _Run:
         """``run`` as checkpoint ``step`` left it, its arrays placed as ``run``'s are."""
         where = self.path(step)
         loop = self._manager.restore(step, args=self._ocp.args.Composite(loop=self._ocp.args.JsonRestore())).loop
-        for name, value, saved in (("batch_size", batch_size, loop["batch_size"]), ("examples", examples, loop["examples"])):
+        for name, value, saved in (("batch_size", self._batch_size, loop["batch_size"]),
+                                   ("examples", self._examples, loop["examples"])):
             if value != saved:
                 what = f"`batch_size` {value}" if name == "batch_size" else f"`data` of {value} examples"
                 raise ValueError(f"the checkpoint {where!r} was made with {name} {saved}, not the {what} given: a run "
@@ -649,7 +656,7 @@ class _Checkpoints:
             arrays=self._ocp.args.StandardRestore(jax.tree_util.tree_map(_abstract, like)))).arrays
         key = jnp.asarray(np.asarray(loop["key"], np.uint32))
         key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(run.key)) if _is_typed_key(run.key) else key
-        losses = [jnp.float32(loss) for loss in loop["epoch_losses"]]
+        losses = [jnp.asarray(loss, loop["loss_dtype"]) for loss in loop["epoch_losses"]]
         return run._replace(params=arrays["params"], opt_state=arrays["opt_state"], key=key, epoch=loop["epoch"],
                             batch=loop["batch"], step=loop["step"], epoch_losses=losses, history=tuple(loop["history"]))
 
