@@ -7,10 +7,12 @@ be passed through ``jax.custom_vjp``'s ``nondiff_argnums``.
 """
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Padding = str | tuple[tuple[int, int], ...]
@@ -156,6 +158,22 @@ def positive_int(value, name: str) -> int:
     if not _is_int(value) or operator.index(value) < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     return operator.index(value)
+
+
+def check_bool(value, name: str) -> None:
+    """Raises TypeError unless ``value`` is a Python or NumPy bool (a static switch, not an array)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+
+
+def finite_real(value, name: str) -> float:
+    """Returns ``value`` as a float: a static hyperparameter, a real Python or NumPy number (not a
+    bool, not an array) that is finite."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a real number, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    return float(value)
 
 
 def dilate_shape(sizes, dilation) -> tuple[int, ...]:

@@ -251,6 +251,13 @@ def _activation(name: str, op: Callable) -> Callable[[], Layer]:
 Sigmoid = _activation("Sigmoid", purebp.sigmoid)
 Relu = _activation("Relu", purebp.relu)
 Tanh = _activation("Tanh", purebp.tanh)
+Silu = _activation("Silu", purebp.silu)
+
+
+def Gelu(approximate: bool = True) -> Layer:
+    """``purebp.gelu`` as a layer (the tanh form unless ``approximate=False``); no params."""
+    _static.check_bool(approximate, "approximate")
+    return _layer(f"Gelu(approximate={approximate})", _no_params, lambda params, x: purebp.gelu(x, approximate))
 Softmax = _activation("Softmax", purebp.softmax)
 LogSoftmax = _activation("LogSoftmax", purebp.log_softmax)
 

@@ -25,6 +25,28 @@ def tanh(z):
     return jnp.tanh(z)
 
 
+def gelu(z, approximate=True):
+    if approximate:  # ½ z (1 + tanh u) as z σ(2u), its equal: jax.nn.gelu's 1 + tanh u cancels for z < −3
+        return z * sigmoid(2 * jnp.sqrt(2 / jnp.pi).astype(z.dtype) * (z + 0.044715 * z ** 3))
+    return z * 0.5 * jax.scipy.special.erfc(-z / jnp.sqrt(2).astype(z.dtype))  # z Φ(z)
+
+
+def silu(z):
+    return z * sigmoid(z)
+
+
+def softplus(z):
+    return jnp.logaddexp(z, 0.0)
+
+
+def log_sigmoid(z):
+    return -jnp.logaddexp(-z, 0.0)
+
+
+def leaky_relu(z, negative_slope=0.01):
+    return jnp.where(z >= 0, z, negative_slope * z)
+
+
 def _max_shifted(z, axis, where):
     z = z if where is None else jnp.where(where, z, -jnp.inf)  # masked out: no part in the max or the sum
     return z - jax.lax.stop_gradient(jnp.max(z, axis, keepdims=True, initial=-jnp.inf))
