@@ -32,6 +32,8 @@ from purebp.losses import sigmoid_binary_cross_entropy
 from purebp.losses import softmax_cross_entropy
 from purebp.losses import softmax_cross_entropy_with_integer_labels
 from purebp.losses import squared_error
+from purebp.normalization import layer_norm
+from purebp.normalization import rms_norm
 from purebp.padding import zero_pad
 from purebp.pooling import avg_pool
 from purebp.pooling import max_pool

@@ -234,6 +234,39 @@ def ZeroPad(padding) -> Layer:
     return _layer(name, _no_params, _of_rank(name, _spatial_rank(padding), lambda params, x: purebp.zero_pad(x, padding)))
 
 
+def LayerNorm(axis=-1, epsilon: float = 1e-6, use_scale: bool = True, use_bias: bool = True, *,
+              scale_init=initializers.ones, bias_init=initializers.zeros, param_dtype=jnp.float32) -> Layer:
+    """``purebp.layer_norm`` over ``axis`` with params ``{"scale", "bias"}`` of those axes' shape (flax's names).
+
+    ``"scale"`` is absent when ``use_scale`` is False, ``"bias"`` when ``use_bias`` is.
+    """
+    return _norm_layer("LayerNorm", purebp.layer_norm, axis, epsilon, use_scale, use_bias, scale_init, bias_init,
+                       param_dtype)
+
+
+def RMSNorm(axis=-1, epsilon: float = 1e-6, use_scale: bool = True, *, scale_init=initializers.ones,
+            param_dtype=jnp.float32) -> Layer:
+    """``purebp.rms_norm`` over ``axis`` with params ``{"scale"}`` of those axes' shape (absent without ``use_scale``)."""
+    return _norm_layer("RMSNorm", purebp.rms_norm, axis, epsilon, use_scale, False, scale_init, None, param_dtype)
+
+
+def _norm_layer(name, op, axis, epsilon, use_scale, use_bias, scale_init, bias_init, param_dtype):
+    _static.check_bool(use_scale, "use_scale")
+    _static.check_bool(use_bias, "use_bias")
+    param_dtype = _param_dtype(param_dtype)
+    inits = {name: init for name, init, used in (("scale", scale_init, use_scale), ("bias", bias_init, use_bias))
+             if used}
+
+    def make_params(key, x):
+        rows = tuple(x.shape[a] for a in _static.normalize_axes(axis, x.ndim))
+        return {name: init(k, rows, param_dtype) for (name, init), k in zip(inits.items(), jax.random.split(key, 2))}
+
+    def apply(params, x):
+        return op(x, *(params[name] for name in inits), axis=axis, epsilon=epsilon)
+
+    return _layer(f"{name}(axis={axis})", make_params, apply, param_dtype)
+
+
 def Flatten() -> Layer:
     """Flattens every dim after the batch dim; no params. (A reshape: its VJP is the inverse reshape.)"""
     return _layer("Flatten()", _no_params, lambda params, x: x.reshape(x.shape[0], math.prod(x.shape[1:])))

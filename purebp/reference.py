@@ -66,6 +66,31 @@ def log_softmax(z, axis=-1, where=None):
     return y if where is None else jnp.where(where, y, -jnp.inf)
 
 
+def _normalised(x, axis, centre, epsilon):
+    """(x − μ)/√(σ² + ε) (or x/√(mean x² + ε)) over ``axis``, in float32 for bfloat16/float16, as flax."""
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if centre:
+        wide = wide - wide.mean(axes, keepdims=True)
+    return wide / jnp.sqrt(jnp.mean(wide ** 2, axes, keepdims=True) + epsilon), axes
+
+
+def _feature_shaped(param, x, axes):
+    axes = tuple(a % x.ndim for a in axes)
+    return param.reshape([x.shape[a] if a in axes else 1 for a in range(x.ndim)])
+
+
+def layer_norm(x, scale=None, bias=None, *, axis=-1, epsilon=1e-6):
+    y, axes = _normalised(x, axis, True, epsilon)
+    y = y if scale is None else y * _feature_shaped(scale, x, axes)
+    return (y if bias is None else y + _feature_shaped(bias, x, axes)).astype(x.dtype)
+
+
+def rms_norm(x, scale=None, *, axis=-1, epsilon=1e-6):
+    y, axes = _normalised(x, axis, False, epsilon)
+    return (y if scale is None else y * _feature_shaped(scale, x, axes)).astype(x.dtype)
+
+
 def _class_mask(where, logits, axis):
     if where is not None and jnp.ndim(where) != logits.ndim:  # a mask of whole rows, as optax
         where = jnp.expand_dims(where, axis)

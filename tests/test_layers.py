@@ -30,6 +30,9 @@ LAYERS = {
     "Gelu": (lambda: layers.Gelu(), [(2, 3)]),
     "Gelu-erf": (lambda: layers.Gelu(approximate=False), [(4,)]),
     "Silu": (lambda: layers.Silu(), [(2, 3, 4)]),
+    "LayerNorm": (lambda: layers.LayerNorm(), [(2, 5), (2, 3, 4)]),
+    "LayerNorm-two-axes": (lambda: layers.LayerNorm(axis=(1, 2), use_bias=False), [(2, 3, 4)]),
+    "RMSNorm": (lambda: layers.RMSNorm(), [(3, 6)]),
     "Softmax": (lambda: layers.Softmax(), [(2, 3)]),
     "LogSoftmax": (lambda: layers.LogSoftmax(), [(2, 3)]),
     "MLP": (lambda: layers.MLP((6, 3), activation="tanh"), [(4, 5), (5,)]),
@@ -52,6 +55,11 @@ def test_params_are_named(name):
     _, params = make().init(KEY, shapes[0])
     if name == "MLP":
         assert [set(p) for p in params] == [{"w", "b"}] * 2
+    elif name.startswith(("LayerNorm", "RMSNorm")):
+        rows = shapes[0][1:] if "two-axes" in name else shapes[0][-1:]
+        expected = {"scale": rows} if name != "LayerNorm" else {"scale": rows, "bias": rows}
+        assert {k: v.shape for k, v in params.items()} == expected
+        assert all(jnp.all(params[k] == (1 if k == "scale" else 0)) for k in params)  # flax's initialisers
     elif name.startswith(("Dense", "Conv")):
         assert set(params) == ({"w"} if "groups" in name else {"w", "b"})
     else:
