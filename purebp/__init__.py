@@ -24,6 +24,7 @@ from purebp.activations import softplus
 from purebp.activations import tanh
 from purebp.convolution import conv
 from purebp.convolution import conv_transpose
+from purebp.embeddings import embedding
 from purebp.linear import dense
 from purebp.linear import mlp
 from purebp.losses import binary_cross_entropy

@@ -234,6 +234,25 @@ def ZeroPad(padding) -> Layer:
     return _layer(name, _no_params, _of_rank(name, _spatial_rank(padding), lambda params, x: purebp.zero_pad(x, padding)))
 
 
+def Embed(num_embeddings: int, features: int, *,
+          embedding_init=initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
+          param_dtype=jnp.float32) -> Layer:
+    """``purebp.embedding`` of integer ids with params ``{"embedding": (num_embeddings, features)}``.
+
+    flax.linen.Embed's name and default initialiser (unit variance per row). Its input is integer
+    ids of any shape; the output adds a last dim of ``features``.
+    """
+    num_embeddings, features = (_static.positive_int(num_embeddings, "num_embeddings"),
+                                _static.positive_int(features, "features"))
+    param_dtype = _param_dtype(param_dtype)
+
+    def make_params(key, ids):
+        return {"embedding": embedding_init(key, (num_embeddings, features), param_dtype)}
+
+    return _layer(f"Embed({num_embeddings}, {features})", make_params,
+                  lambda params, ids: purebp.embedding(ids, params["embedding"]), jnp.int32)
+
+
 def LayerNorm(axis=-1, epsilon: float = 1e-6, use_scale: bool = True, use_bias: bool = True, *,
               scale_init=initializers.ones, bias_init=initializers.zeros, param_dtype=jnp.float32) -> Layer:
     """``purebp.layer_norm`` over ``axis`` with params ``{"scale", "bias"}`` of those axes' shape (flax's names).

@@ -91,6 +91,10 @@ def rms_norm(x, scale=None, *, axis=-1, epsilon=1e-6):
     return (y if scale is None else y * _feature_shaped(scale, x, axes)).astype(x.dtype)
 
 
+def embedding(ids, table):
+    return jnp.take(table, ids, axis=0)
+
+
 def _class_mask(where, logits, axis):
     if where is not None and jnp.ndim(where) != logits.ndim:  # a mask of whole rows, as optax
         where = jnp.expand_dims(where, axis)

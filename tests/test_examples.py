@@ -104,6 +104,7 @@ def test_autoencoder_reconstructs_and_writes_its_pictures(tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # a fresh interpreter importing the examples: 6 s, a fifth of this file's default run
 def test_runs_as_a_module_from_the_root():
     """`python -m examples.train_cnn` from the repository's root, as well as `python examples/train_cnn.py`
     (the other examples import `common` the same way)."""

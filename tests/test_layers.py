@@ -211,3 +211,17 @@ def test_params_are_float32_unless_asked_even_under_x64(x64):
         wide.apply(params, jnp.ones((2, 6, 6, 1), jnp.float32))
     with pytest.raises(TypeError, match="`param_dtype` must be a floating-point dtype, got <class 'jax.numpy.int32'>"):
         layers.Dense(3, param_dtype=jnp.int32)
+
+
+def test_embed_looks_up_integer_ids_with_flax_params():
+    import flax.linen as nn
+
+    layer = layers.Embed(11, 4)
+    output_shape, params = layer.init(KEY, (2, 5))
+    ids = jnp.arange(10).reshape(2, 5)
+    assert output_shape == (2, 5, 4) and params["embedding"].shape == (11, 4)
+    np.testing.assert_array_equal(layer.apply(params, ids), nn.Embed(11, 4).apply({"params": params}, ids))
+    model = layers.serial(layers.Embed(11, 4), layers.Flatten(), layers.Dense(3))
+    assert model.init(KEY, (2, 5))[0] == (2, 3)
+    with pytest.raises(TypeError, match=r"Embed\(11, 4\) cannot take `x` of shape \(2,\): `ids` must have an integer"):
+        layer.apply(params, jnp.ones(2))

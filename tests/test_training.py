@@ -274,6 +274,7 @@ def test_an_interrupted_run_saves_where_it_stopped(run, tmp_path):
     assert_same_run(run(4, checkpoint_dir=tmp_path), straight)
 
 
+@pytest.mark.slow  # a fresh process that trains and is killed: 7 s, the default run's longest test
 def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(run, tmp_path):
     straight = run(4)
     killed = subprocess.run([sys.executable, killed_while_saving.__file__, str(tmp_path), "3"], capture_output=True,
