@@ -38,5 +38,6 @@ from purebp.normalization import rms_norm
 from purebp.padding import zero_pad
 from purebp.pooling import avg_pool
 from purebp.pooling import max_pool
+from purebp.regularization import dropout
 
 __version__ = "0.1.0"

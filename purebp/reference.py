@@ -95,6 +95,13 @@ def embedding(ids, table):
     return jnp.take(table, ids, axis=0)
 
 
+def dropout(x, key, rate, *, deterministic=False):
+    if deterministic or rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, jnp.float32(1 - rate), x.shape)  # the same mask under x64
+    return jnp.where(keep, x / (1 - rate), 0)
+
+
 def _class_mask(where, logits, axis):
     if where is not None and jnp.ndim(where) != logits.ndim:  # a mask of whole rows, as optax
         where = jnp.expand_dims(where, axis)

@@ -94,6 +94,9 @@ EXAMPLES = {
     "layer_norm": Example((normal(3, 5, scale=2.0), normal(5, role="param"), normal(5, role="param")), {}),
     "rms_norm": Example((normal(3, 5, scale=2.0), normal(5, role="param")), {}),
     "embedding": Example((class_index(3, 4, classes=7), normal(7, 5, role="param")), {}),
+    # the key as a param: replicated across devices and shared by a batch, as a model's dropout key is
+    "dropout": Example((normal(3, 8), Arg(lambda rng, batch: np.broadcast_to(np.array([0, 42], np.uint32), batch + (2,)),
+                                          "param")), {"rate": 0.3}),
     "dense": Example((normal(3, 4), normal(4, 5, role="param", scale=0.5), normal(5, role="param")), {}),
     "mlp": Example((mlp_params(4, 6, 3), normal(3, 4)), {"activation": "tanh", "output_activation": "sigmoid"}),
     "conv": Example((normal(2, 6, 6, 3), normal(3, 3, 3, 4, role="param", scale=0.2), normal(4, role="param")),

@@ -30,7 +30,8 @@ def normal(rng, shape, dtype, scale=3.0):
     return jnp.asarray(scale * rng.standard_normal(shape), dtype)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+# Elementwise ops do not see the shape: the scalar and one batch of rows are the cases that differ.
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2]])
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_elementwise_vjp_matches_reference(name, shape, dtype, rng):
     z = normal(rng, shape, dtype)
