@@ -69,10 +69,20 @@ def features_out(x, w, batch_dims: int) -> jax.sharding.NamedSharding:
     parallel), where the contraction alone would refuse or ask for an ``out_sharding``.
     """
     leading = tuple(spec(x)[:batch_dims])
-    used = {axis for entry in leading if entry is not None for axis in (entry if isinstance(entry, tuple) else (entry,))}
+    return named(x, *leading, *(None,) * (x.ndim - 1 - batch_dims), features_beside(leading, w))
+
+
+def features_beside(leading, w):
+    """The spec entry of an output's features taken from ``w``'s last dim: split as ``w``'s unless
+    ``leading`` (the output's other entries) already uses those mesh axes, whole then."""
+    used = {axis for entry in leading if entry is not None for axis in _axes(entry)}
     features = spec(w)[-1]
-    axes = () if features is None else features if isinstance(features, tuple) else (features,)
-    return named(x, *leading, *(None,) * (x.ndim - 1 - batch_dims), None if used & set(axes) else features)
+    return None if used & set(_axes(features)) else features
+
+
+def _axes(entry) -> tuple:
+    """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
+    return () if entry is None else entry if isinstance(entry, tuple) else (entry,)
 
 
 def vma(a) -> frozenset:

@@ -61,10 +61,7 @@ def _rows(ids, table):
     """``jnp.take(table, ids, axis=0)`` (NaN rows for out-of-range ids), typed so that under Explicit
     axes the rows are split as the ids are (the batch), their features as the table's."""
     leading = tuple(_types.spec(ids))
-    used = {axis for entry in leading if entry is not None for axis in (entry if isinstance(entry, tuple) else (entry,))}
-    features = _types.spec(table)[1]
-    split = () if features is None else features if isinstance(features, tuple) else (features,)
-    out = _types.named(ids, *leading, None if used & set(split) else features)
+    out = _types.named(ids, *leading, _types.features_beside(leading, table))
     return table.at[ids].get(mode="fill", fill_value=jnp.nan, out_sharding=out)
 
 
