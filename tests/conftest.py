@@ -9,7 +9,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 # Hypothesis profiles for the property tests (tests/test_properties_*.py), chosen by the
 # HYPOTHESIS_PROFILE environment variable:
-#   "ci" (the default): five examples per test, so the default run stays under its time budget, and
+#   "ci" (the default): three examples per test, so the default run stays under its time budget, and
 #     derandomized: the examples are a function of the test alone, so a verdict changes only when
 #     the code does, and CI never fails on a case that no change of ours brought in.
 #   "explore": 25 examples drawn afresh on every run, to search for new counterexamples while
@@ -20,7 +20,7 @@ from jax.experimental.compilation_cache import compilation_cache
 # Every distinct shape compiles anew under jit, so no deadline: a first call's compile time is
 # not a slow test. A test that is much costlier per example may scale max_examples down from
 # `settings().max_examples` instead of hard-coding a count.
-settings.register_profile("ci", max_examples=5, deadline=None, print_blob=True, derandomize=True)
+settings.register_profile("ci", max_examples=3, deadline=None, print_blob=True, derandomize=True)
 settings.register_profile("explore", settings.get_profile("ci"), max_examples=25, derandomize=False)
 settings.register_profile("thorough", settings.get_profile("explore"), max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

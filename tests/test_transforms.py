@@ -116,7 +116,9 @@ BF16_OPEN = {
 }
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16], ids=["f64", "bf16"])
+# bfloat16 in the slow pass (.ci/run runs it): half of this test's time, and the default run's budget
+@pytest.mark.parametrize("dtype", [pytest.param(jnp.float64, id="f64"),
+                                   pytest.param(jnp.bfloat16, id="bf16", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", OPS)
 def test_check_vjp_at_its_defaults(name, dtype, request):
     """Every part of check_vjp on every op: second order (the rule differentiated: grad of grad, at
