@@ -20,6 +20,12 @@ Padding = str | tuple[tuple[int, int], ...]
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
+def wide_dtype(dtype) -> jnp.dtype:
+    """The dtype a rule computes in: float32 for bfloat16 and float16, so that it rounds once at the
+    end (flax's force_float32_reductions); float32 and float64 as they are."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def check_floating(x, name: str) -> None:
     """Raises TypeError unless ``x`` is an array (or scalar) with a floating-point dtype.
 

@@ -187,7 +187,7 @@ def _gelu_fwd(approximate, z):
 
 
 def _gelu_bwd(approximate, z, g):  # (z, ct y) -> (ct z,)
-    x = _in_float32(z)
+    x = z.astype(_static.wide_dtype(z.dtype))
     if approximate:  # d/dz z σ(2u) = σ(2u) + z · 2σ(2u)σ(−2u) · u′
         u, du = _gelu_u(x), _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
         slope = lax.logistic(2 * u) * (1 + 2 * x * lax.logistic(-2 * u) * du)
@@ -230,7 +230,7 @@ def _silu_fwd(z):
 
 
 def _silu_bwd(z, g):  # (z, ct y) -> (ct z,)
-    x = _in_float32(z)
+    x = z.astype(_static.wide_dtype(z.dtype))
     return (g * (lax.logistic(x) * (1 + x * lax.logistic(-x))).astype(g.dtype),)
 
 
@@ -365,11 +365,6 @@ def _leaky_relu_bwd(negative_slope, packed, g):  # (bits of z ≥ 0, ct y) -> (c
 
 _leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 _leaky_relu = jax.jit(_leaky_relu, static_argnums=0)  # one program per call (purebp/__init__.py)
-
-
-def _in_float32(x):
-    """``x`` in float32 if it is bfloat16 or float16: a rule's derivative, computed there, then rounds once."""
-    return x.astype(jnp.float32) if jnp.dtype(x.dtype) in _static.LOW_PRECISION else x
 
 
 def softmax(z, axis=-1, where=None):

@@ -96,15 +96,10 @@ def _checked(x, scale, bias, axis, epsilon):
                 raise ValueError(f"`{name}` must have the shape of the normalised axes {axes} of `x` (shape "
                                  f"{jnp.shape(x)}): {rows}, got {jnp.shape(param)}.")
     epsilon = _static.finite_real(epsilon, "epsilon")
-    if epsilon <= 0 or np.asarray(epsilon, _stats_dtype(x)) == 0:
-        raise ValueError(f"`epsilon` must be positive in {_stats_dtype(x)}, the statistics' dtype (it keeps a "
+    if epsilon <= 0 or np.asarray(epsilon, _static.wide_dtype(x.dtype)) == 0:
+        raise ValueError(f"`epsilon` must be positive in {_static.wide_dtype(x.dtype)}, the statistics' dtype (it keeps a "
                          f"constant row finite), got {epsilon!r}.")
     return axes, epsilon
-
-
-def _stats_dtype(x) -> jnp.dtype:
-    """float32 for bfloat16 and float16 (flax's force_float32_reductions), else ``x``'s own."""
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _broadcastable(param, x, axes):
@@ -125,7 +120,7 @@ def _layer_norm(axes, epsilon, bias_type, x, scale, bias):
 
 
 def _layer_norm_fwd(axes, epsilon, bias_type, x, scale, bias):
-    wide = x.astype(_stats_dtype(x))
+    wide = x.astype(_static.wide_dtype(x.dtype))
     mean = wide.mean(axes, keepdims=True)
     centred = wide - mean
     r = jax.lax.rsqrt(jnp.mean(centred * centred, axes, keepdims=True) + epsilon)  # two passes: no cancellation
@@ -169,7 +164,7 @@ def _rms_norm(axes, epsilon, x, scale):
 
 
 def _rms_norm_fwd(axes, epsilon, x, scale):
-    wide = x.astype(_stats_dtype(x))
+    wide = x.astype(_static.wide_dtype(x.dtype))
     r = jax.lax.rsqrt(jnp.mean(wide * wide, axes, keepdims=True) + epsilon)
     return _scaled(wide * r, scale, axes).astype(x.dtype), (x, r, scale)
 
