@@ -33,6 +33,7 @@ from purebp.losses import sigmoid_binary_cross_entropy
 from purebp.losses import softmax_cross_entropy
 from purebp.losses import softmax_cross_entropy_with_integer_labels
 from purebp.losses import squared_error
+from purebp.normalization import batch_norm
 from purebp.normalization import layer_norm
 from purebp.normalization import rms_norm
 from purebp.padding import zero_pad

@@ -91,6 +91,29 @@ def rms_norm(x, scale=None, *, axis=-1, epsilon=1e-6):
     return (y if scale is None else y * _feature_shaped(scale, x, axes)).astype(x.dtype)
 
 
+def batch_norm(x, scale, bias, stats, *, train, momentum=0.99, epsilon=1e-5, axis_name=None):
+    stats = jax.lax.stop_gradient(stats)
+    if train:
+        wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        mean = _mean_over_batch(wide, axis_name)
+        var = _mean_over_batch((wide - mean) ** 2, axis_name)
+    else:
+        mean, var = stats["mean"], stats["var"]
+        wide = x.astype(jnp.promote_types(jnp.promote_types(x.dtype, jnp.float32), mean.dtype))
+    y = (wide - mean) / jnp.sqrt(var + epsilon)
+    y = y if scale is None else y * scale
+    y = (y if bias is None else y + bias).astype(x.dtype)
+    if not train:
+        return y, stats
+    moved = lambda running, batch: (momentum * running + (1 - momentum) * batch).astype(running.dtype)
+    return y, {"mean": moved(stats["mean"], mean), "var": moved(stats["var"], var)}
+
+
+def _mean_over_batch(x, axis_name):
+    mean = x.mean(tuple(range(x.ndim - 1)))
+    return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
+
+
 def embedding(ids, table):
     return jnp.take(table, ids, axis=0)
 

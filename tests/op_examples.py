@@ -33,6 +33,7 @@ class Arg(NamedTuple):
 class Example(NamedTuple):
     args: tuple[Arg, ...]
     options: dict  # static options, passed by keyword
+    constants: tuple[int, ...] = ()  # floating args the op stops gradients at by contract (batch_norm's stats)
 
 
 def normal(*shape, role="input", scale=1.0):
@@ -74,6 +75,12 @@ def mlp_params(*sizes):
     return Arg(draw, "param")
 
 
+def running_stats(channels):
+    """batch_norm's ``{"mean", "var"}``: a mean and a positive variance per channel."""
+    return Arg(lambda rng, batch: {"mean": rng.standard_normal(batch + (channels,)),
+                                   "var": rng.uniform(0.5, 2.0, batch + (channels,))}, "param")
+
+
 EXAMPLES = {
     "sigmoid": Example((normal(3, 4, scale=2.0),), {}),
     "relu": Example((normal(3, 4),), {}),
@@ -93,6 +100,8 @@ EXAMPLES = {
     "l2_loss": Example((normal(3, 4), normal(3, 4)), {}),
     "layer_norm": Example((normal(3, 5, scale=2.0), normal(5, role="param"), normal(5, role="param")), {}),
     "rms_norm": Example((normal(3, 5, scale=2.0), normal(5, role="param")), {}),
+    "batch_norm": Example((normal(6, 4, scale=2.0), normal(4, role="param"), normal(4, role="param"), running_stats(4)),
+                          {"train": True, "momentum": 0.9}, constants=(3,)),
     "embedding": Example((class_index(3, 4, classes=7), normal(7, 5, role="param")), {}),
     # the key as a param: replicated across devices and shared by a batch, as a model's dropout key is
     "dropout": Example((normal(3, 8), Arg(lambda rng, batch: np.broadcast_to(np.array([0, 42], np.uint32), batch + (2,)),
@@ -137,6 +146,18 @@ def op(name):
 def twin(name):
     """The reference twin with the same options bound."""
     return functools.partial(getattr(reference, name), **EXAMPLES[name].options)
+
+
+def cotangent_for(fn, args, seed=2):
+    """A random cotangent of ``fn(*args)``'s output (a tree of them for batch_norm's ``(y, stats)``)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda out: jnp.asarray(rng.standard_normal(out.shape), out.dtype),
+                                  jax.eval_shape(fn, *args))
+
+
+def dot(output, cotangent):
+    """⟨output, cotangent⟩ over every leaf: the scalar whose gradient is the VJP of ``cotangent``."""
+    return sum(jnp.sum(o * c) for o, c in zip(jax.tree_util.tree_leaves(output), jax.tree_util.tree_leaves(cotangent)))
 
 
 def floating_argnums(args):

@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import purebp
 from purebp import layers, reference, training
 from purebp.checkpoint import load_params
-from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, roles
+from op_examples import EXAMPLES, WITH_PARAMS, cast, cotangent_for, dot, draw, floating_argnums, roles
 
 import multihost_worker
 
@@ -358,9 +358,7 @@ def op_case(name, options=None):
                  for arg, role in zip(args, roles(name)))  # fold the devices' copies into the leading dim
     fn = functools.partial(getattr(purebp, name), **{**EXAMPLES[name].options, **(options or {})})
     args = cast(args, np.float32)
-    out = jax.eval_shape(fn, *args)
-    cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(out.shape), out.dtype)
-    return fn, args, cotangent
+    return fn, args, cotangent_for(fn, args)
 
 
 def close(actual, expected):
@@ -372,7 +370,7 @@ def close(actual, expected):
 def test_op_under_sharded_jit(name, mesh):
     fn, args, cotangent = op_case(name)
     argnums = floating_argnums(args)
-    grad = jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums)
+    grad = jax.grad(lambda *a: dot(fn(*a), cotangent), argnums)
     split, replicated = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
     shardings = tuple(split if role == "input" else replicated for role in roles(name))
     close(jax.jit(fn, in_shardings=shardings)(*args), jax.jit(fn)(*args))
@@ -380,8 +378,9 @@ def test_op_under_sharded_jit(name, mesh):
 
 
 # Under shard_map each device draws the mask of its own rows from the key it is given, so dropout's
-# value is not the whole batch's: tested on its own below.
-DRAWS_PER_DEVICE = {"dropout"}
+# value is not the whole batch's, and batch_norm takes the statistics of its own rows unless given
+# the axis_name: each tested on its own below.
+DRAWS_PER_DEVICE = {"dropout", "batch_norm"}
 SHARD_MAP_CASES = [name for name in EXAMPLES if name not in DRAWS_PER_DEVICE]
 
 
@@ -432,6 +431,39 @@ def test_dropout_under_shard_map_draws_each_devices_rows_from_its_key(mesh):
         alone = local(jnp.asarray(rows), key)
         close(value[device], alone[0])
         close(grad[device], alone[1])
+
+
+@several_devices
+@pytest.mark.parametrize("op", [purebp.batch_norm, reference.batch_norm], ids=["purebp", "twin"])
+def test_batch_norm_with_axis_name_under_shard_map_is_the_whole_batchs(op, mesh):
+    """axis_name="batch": the statistics, the backward's means and the running statistics of the
+    whole batch, on every device; value and gradients (of x, γ, β, through y and the new statistics)
+    those of one device with the whole batch."""
+    fn, args, cotangent = op_case("batch_norm")
+    y_cotangent, stats_cotangent = cotangent
+    over_devices = functools.partial(op, **EXAMPLES["batch_norm"].options, axis_name="batch")
+    specs = (P("batch"), P(), P(), P())
+
+    def per_device(y_cotangent, *args):
+        # the new statistics are the same on every device: their cotangent enters once, on one of them
+        first = jax.lax.axis_index("batch") == 0
+        ct = (y_cotangent, jax.tree_util.tree_map(lambda c: jnp.where(first, c, 0), stats_cotangent))
+        return over_devices(*args), jax.grad(lambda *a: dot(over_devices(*a), ct), (0, 1, 2))(*args)
+
+    mapped = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("batch"), *specs),
+                                   out_specs=((P("batch"), P()), (P("batch"), P(), P()))))
+    value, grads = mapped(y_cotangent, *args)
+    close(value, jax.jit(fn)(*args))
+    close(grads, jax.jit(jax.grad(lambda *a: dot(fn(*a), cotangent), (0, 1, 2)))(*args))
+
+
+def test_batch_norm_under_grad_of_vmap_with_axis_name_says_to_differentiate_inside():
+    x = jnp.ones((2, 3, 4))
+    stats = {"mean": jnp.zeros(4), "var": jnp.ones(4)}
+    each = lambda x: jnp.sum(purebp.batch_norm(x, None, None, stats, train=True, axis_name="group")[0] ** 3)
+    np.testing.assert_allclose(jax.vmap(jax.grad(each), axis_name="group")(x), 0, atol=1e-6)  # constant rows
+    with pytest.raises(ValueError, match=r"jax.vmap\(jax.grad\(...\), axis_name='group'\) rather than jax.grad"):
+        jax.grad(lambda x: jax.vmap(each, axis_name="group")(x).sum())(x)
 
 
 @pytest.mark.parametrize("name", [name for name in WITH_PARAMS if name not in DRAWS_PER_DEVICE])

@@ -43,12 +43,13 @@ def value_and_vjp(f, args, cotangent):
     """(f(*args), the cotangents of its floating args for ``cotangent``, or ones if None)."""
     function, floats = of_floats(f, args)
     out, vjp_fn = jax.vjp(function, *floats)
-    return out, vjp_fn(jnp.ones_like(out) if cotangent is None else cotangent)
+    return out, vjp_fn(jax.tree_util.tree_map(jnp.ones_like, out) if cotangent is None else cotangent)
 
 
 def random_cotangent(name, dtype):
-    shape = jax.eval_shape(twin(name), *cast(draw(name), jnp.float32)).shape
-    return jnp.asarray(np.random.default_rng(1).standard_normal(shape), dtype)
+    rng = np.random.default_rng(1)
+    return jax.tree_util.tree_map(lambda out: jnp.asarray(rng.standard_normal(out.shape), dtype),
+                                  jax.eval_shape(twin(name), *cast(draw(name), jnp.float32)))
 
 
 def to_float64(tree):
@@ -82,7 +83,7 @@ def test_output_and_cotangents_keep_the_dtype(name, dtype, x64):
     with jax.enable_x64(x64):
         args = cast(draw(name), dtype)
         out, cotangents = jax.eval_shape(lambda a: value_and_vjp(op(name), a, None), args)
-        assert out.dtype == dtype
+        assert dtypes_of(out) == [jnp.dtype(dtype)] * len(dtypes_of(out))
         primals = [args[i] for i in floating_argnums(args)]
         assert dtypes_of(cotangents) == dtypes_of(primals) == [jnp.dtype(dtype)] * len(dtypes_of(primals))
 

@@ -1,4 +1,4 @@
-"""layer_norm and rms_norm: VJPs against their twins and flax.linen, residuals, extremes, bad input."""
+"""layer_norm, rms_norm and batch_norm: VJPs against their twins and flax.linen, residuals, extremes, bad input."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -123,3 +123,114 @@ def test_rows_with_a_large_mean_keep_their_digits_where_flax_fast_variance_cance
 def test_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# --- batch norm --------------------------------------------------------------------------------
+
+BATCH_SHAPES = [pytest.param((8, 3), id="dense"), pytest.param((2, 3, 3, 4), id="images")]
+MODES = [pytest.param(True, id="train"), pytest.param(False, id="eval")]
+
+
+def running_stats(rng, channels, dtype=np.float32):
+    return {"mean": jnp.asarray(rng.standard_normal(channels), dtype),
+            "var": jnp.asarray(rng.uniform(0.5, 2.0, channels), dtype)}
+
+
+@pytest.mark.parametrize("use_scale, use_bias", PARAMS)
+@pytest.mark.parametrize("train", MODES)
+@pytest.mark.parametrize("shape", BATCH_SHAPES)
+def test_batch_norm_vjp_matches_reference(shape, train, use_scale, use_bias, dtype, rng):
+    """Value, new statistics and the cotangents of x, γ and β, through y and the new statistics."""
+    x, scale, bias = norm_args(rng, shape, -1, dtype, use_scale, use_bias)
+    stats = running_stats(rng, shape[-1], dtype)
+    params = [a for a in (scale, bias) if a is not None]
+
+    def pack(f):
+        def call(x, *p):
+            p = iter(p)
+            return f(x, next(p) if use_scale else None, next(p) if use_bias else None, stats, train=train, momentum=0.9)
+        return call
+    check_first_order(pack(purebp.batch_norm), pack(reference.batch_norm), x, *params)
+
+
+@pytest.mark.parametrize("train", MODES)
+@pytest.mark.parametrize("shape", BATCH_SHAPES)
+def test_batch_norm_equals_flax_in_value_statistics_and_gradient(shape, train, rng):
+    x, scale, bias = norm_args(rng, shape, -1, np.float32, True, True)
+    stats = running_stats(rng, shape[-1])
+    module = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+
+    def flax_fn(x, params):
+        y, updates = module.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+        return y, updates["batch_stats"]
+
+    ours = lambda x, params: purebp.batch_norm(x, params["scale"], params["bias"], stats, train=train, momentum=0.9)
+    params = {"scale": scale, "bias": bias}
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6),
+                           ours(x, params), flax_fn(x, params))
+    loss = lambda f: jax.grad(lambda x, p: jnp.sum(jnp.sin(f(x, p)[0])), (0, 1))(x, params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                           loss(ours), loss(flax_fn))
+
+
+def test_batch_norm_stats_get_no_cotangent_and_the_momentum_moves_them(rng):
+    x = data(rng, (16, 3), np.float32)
+    stats = running_stats(rng, 3)
+    grads = jax.grad(lambda s: jnp.sum(purebp.batch_norm(x, None, None, s, train=True, momentum=0.5)[1]["mean"]))(stats)
+    assert all(np.all(g == 0) for g in jax.tree_util.tree_leaves(grads))
+    for momentum, want in ((0.0, x.mean(0)), (1.0, stats["mean"]), (0.5, (stats["mean"] + x.mean(0)) / 2)):
+        new = purebp.batch_norm(x, None, None, stats, train=True, momentum=momentum)[1]
+        np.testing.assert_allclose(new["mean"], want, rtol=1e-6)
+    assert purebp.batch_norm(x, None, None, stats, train=False)[1] is not None
+    np.testing.assert_array_equal(purebp.batch_norm(x, None, None, stats, train=True, momentum=0.0)[1]["var"],
+                                  jnp.mean((x - x.mean(0)) ** 2, 0))  # biased: over n, as flax
+
+
+def test_batch_norm_residuals_to_the_byte():
+    x, channels = jnp.zeros((64, 32)), 32
+    scale, bias = jnp.ones(channels), jnp.zeros(channels)
+    stats = {"mean": jnp.zeros(channels), "var": jnp.ones(channels)}
+    train = lambda x, s, b: purebp.batch_norm(x, s, b, stats, train=True)
+    assert residual_bytes(train, x, scale, bias) == x.nbytes + 3 * channels * 4  # x, μ, 1/σ, γ
+    evaluation = lambda x, s, b: purebp.batch_norm(x, s, b, stats, train=False)
+    assert residual_bytes(evaluation, x, scale, bias) == x.nbytes + 3 * channels * 4
+    assert residual_bytes(lambda x: purebp.batch_norm(x, None, None, stats, train=False)[0], x) == channels * 4  # 1/σ
+    flax_bn = lambda x, s, b: nn.BatchNorm(use_running_average=False).apply(
+        {"params": {"scale": s, "bias": b}, "batch_stats": stats}, x, mutable=["batch_stats"])
+    assert residual_bytes(flax_bn, x, scale, bias) >= 2 * x.nbytes
+
+
+def test_batch_norm_constant_channel_and_zero_scale(rng):
+    x = jnp.concatenate([jnp.full((6, 1), 2.5), data(rng, (6, 2), np.float32)], axis=1)
+    stats = running_stats(rng, 3)
+    g = jnp.asarray(rng.standard_normal((6, 3)), jnp.float32)
+    scale = jnp.array([1.0, 0.0, 2.0])
+    (y, _), vjp = jax.vjp(lambda x, s: purebp.batch_norm(x, s, None, stats, train=True), x, scale)
+    dx, dscale = vjp((g, jax.tree_util.tree_map(jnp.zeros_like, stats)))
+    np.testing.assert_array_equal(y[:, 0], 0)  # x − μ = 0: finite, through ε
+    np.testing.assert_allclose(dx[:, 0], (g[:, 0] - g[:, 0].mean()) / np.sqrt(1e-5), rtol=1e-5)
+    np.testing.assert_array_equal(dx[:, 1], 0)  # γ = 0 passes nothing to x ...
+    assert dscale[1] != 0  # ... and still learns
+
+
+@pytest.mark.parametrize("call, error, message", [
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones(3), None, None, s, train=True), ValueError,
+                 r"`x` must be \(N, ..., C\), channels last", id="one-dim"),
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones((2, 3)), None, None, s), TypeError, "train", id="train-missing"),
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones((2, 3)), None, None, s, train=1), TypeError,
+                 "`train` must be a bool, got 1", id="train-int"),
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones((2, 3)), None, None, {"mean": s["mean"]}, train=True),
+                 ValueError, r"`stats` must be the running statistics .* got a dict with keys \['mean'\]",
+                 id="stats-keys"),
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones((2, 4)), None, None, s, train=True), ValueError,
+                 r"`stats\['mean'\]` must have the shape of `x`'s channels \(4,\), got \(3,\)", id="stats-shape"),
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones((2, 3)), jnp.ones(4), None, s, train=True), ValueError,
+                 r"`scale` must have the shape", id="scale-shape"),
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones((2, 3)), None, None, s, train=True, momentum=1.5), ValueError,
+                 r"`momentum` must be in \[0, 1\]", id="momentum"),
+    pytest.param(lambda s: purebp.batch_norm(jnp.ones((2, 3)), None, None, s, train=True, axis_name="devices"),
+                 ValueError, "`axis_name` 'devices' names no mapped axis here", id="axis-name-unbound"),
+])
+def test_batch_norm_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call({"mean": jnp.zeros(3), "var": jnp.ones(3)})

@@ -21,7 +21,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 
 import purebp
 from purebp import layers, reference
-from op_examples import EXAMPLES, WITH_PARAMS, cast, draw, floating_argnums, roles
+from op_examples import EXAMPLES, WITH_PARAMS, cast, cotangent_for, dot, draw, floating_argnums, roles
 
 DEVICES = jax.device_count()
 several_devices = pytest.mark.skipif(
@@ -44,7 +44,7 @@ def specs(tree):
 
 def value_and_grad(fn, argnums):
     """``jit`` of ``(fn(*args), grad of ⟨fn(*args), cotangent⟩ over argnums)``, the cotangent an argument."""
-    return jax.jit(lambda ct, *a: (fn(*a), jax.grad(lambda *b: jnp.sum(fn(*b) * ct), argnums)(*a)))
+    return jax.jit(lambda ct, *a: (fn(*a), jax.grad(lambda *b: dot(fn(*b), ct), argnums)(*a)))
 
 
 def op_case(name, options=None):
@@ -56,9 +56,7 @@ def op_case(name, options=None):
     batch_axis_kept = {"axis": -1} if name == "log_softmax" else {}  # the example normalises over axis 0, the batch
     options = {**EXAMPLES[name].options, **batch_axis_kept, **(options or {})}
     ours, twin = (functools.partial(getattr(module, name), **options) for module in (purebp, reference))
-    out = jax.eval_shape(ours, *args)
-    cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(out.shape), out.dtype)
-    return ours, twin, args, cotangent
+    return ours, twin, args, cotangent_for(ours, args)
 
 
 def under_mesh(mesh, ours, twin, args, cotangent, argnums, placements):
@@ -70,7 +68,8 @@ def under_mesh(mesh, ours, twin, args, cotangent, argnums, placements):
     close = functools.partial(np.testing.assert_allclose, **TOLERANCE)
     with jax.set_mesh(mesh):
         placed = jax.device_put(args, placements)
-        placed_cotangent = jax.device_put(cotangent, jax.jit(ours)(*placed).sharding)  # placed as the output
+        placed_cotangent = jax.device_put(cotangent, jax.tree_util.tree_map(  # placed as the output
+            lambda out: out.sharding, jax.jit(ours)(*placed)))
         mine = value_and_grad(ours, argnums)(placed_cotangent, *placed)
         if twin is not None:
             theirs = value_and_grad(twin, argnums)(placed_cotangent, *placed)
@@ -244,7 +243,8 @@ def test_params_never_placed_under_an_explicit_mesh(name):
     alone = value_and_grad(ours, argnums)(cotangent, *args)
     with jax.set_mesh(batch_mesh(AxisType.Explicit)):
         placed = tuple(jax.device_put(a, P("batch")) if role == "input" else a for a, role in zip(args, roles(name)))
-        placed_cotangent = jax.device_put(cotangent, P("batch"))
+        placed_cotangent = jax.device_put(cotangent, jax.tree_util.tree_map(
+            lambda out: out.sharding, jax.jit(ours)(*placed)))  # placed as the output: split, or batch_norm's stats whole
         mine = value_and_grad(ours, argnums)(placed_cotangent, *placed)
         # JAX's own conv transpose and gather ask for an out_sharding here: the twin cannot run
         if not name.startswith("conv") and name not in EXPLICIT_TWIN_REFUSES:

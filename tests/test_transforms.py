@@ -38,14 +38,18 @@ def assert_trees_close(actual, expected, rtol):
 
 
 def weights_for(fn, args, seed=1):
-    """A fixed random weight of ``fn``'s output shape and dtype, to make a scalar of the output."""
-    out = jax.eval_shape(fn, *args)
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(out.shape), out.dtype)
+    """A fixed random weight of ``fn``'s output shape and dtype (each output's, for several), to make
+    a scalar of the output."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda out: jnp.asarray(rng.standard_normal(out.shape), out.dtype),
+                                  jax.eval_shape(fn, *args))
 
 
 def scalar_of(fn, weight):
-    """Σ weight · sin(fn(*args)): a scalar whose second derivative involves fn's first and second."""
-    return lambda *args: jnp.sum(weight * jnp.sin(fn(*args)))
+    """Σ weight · sin(fn(*args)) over every output: a scalar whose second derivative involves fn's
+    first and second."""
+    return lambda *args: sum(jnp.sum(w * jnp.sin(out)) for w, out in zip(
+        jax.tree_util.tree_leaves(weight), jax.tree_util.tree_leaves(fn(*args))))
 
 
 # --- the reference side, computed once per op and shared by the float32 tests ------------------
@@ -199,7 +203,10 @@ def test_finite_differences_float64(name, x64):
     """The VJP against central differences of the op itself: the check that does not lean on the twin
     (order 1: the second derivatives are held against the twin's, which autodiff gets right once the
     twin's first derivatives are)."""
-    check_grads(jax.jit(op(name)), *cast(draw(name), jnp.float64), order=1)
+    args, constants = cast(draw(name), jnp.float64), EXAMPLES[name].constants
+    varied = [i for i in range(len(args)) if i not in constants]
+    bound = lambda *a: op(name)(*(a[varied.index(i)] if i in varied else args[i] for i in range(len(args))))
+    check_grads(jax.jit(bound), *(args[i] for i in varied), order=1)
 
 
 @pytest.mark.parametrize("name", OPS)
