@@ -94,25 +94,26 @@ def parser(description: str, *, epochs: int, learning_rate: float, batch_size: i
 
 
 def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evaluate_fn=None, log=print, mesh=None,
-          checkpoint_dir=None, title="training", decay=False):
-    """``training.fit`` with SGD and momentum 0.9, shuffled from ``seed``; returns ``(params, history, seconds)``.
+          checkpoint_dir=None, title="training", decay=False, state=None, has_key=False):
+    """``training.fit`` with SGD and momentum 0.9, shuffled from ``seed``; returns ``(fitted, seconds)``.
 
     With a ``mesh``, data-parallel over its devices (see ``training.fit``). With a
     ``checkpoint_dir``, checkpointed there every epoch (run again, it resumes) and the training
     curve, titled ``title``, written beside the checkpoints. ``decay`` lowers the learning rate
-    along a cosine to 0 at the last step.
+    along a cosine to 0 at the last step. ``state`` and ``has_key`` as ``training.fit``'s, for
+    models with BatchNorm or Dropout.
     """
     steps = epochs * (len(data[0]) // batch_size)
     rate = optax.cosine_decay_schedule(learning_rate, steps) if decay else learning_rate
     start = time.perf_counter()
-    params, _, history = training.fit(
+    fitted = training.fit(
         loss, params, data, key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
         optimizer=optax.sgd(rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log, mesh=mesh,
-        checkpoint_dir=checkpoint_dir)
+        checkpoint_dir=checkpoint_dir, state=state, has_key=has_key)
     seconds = time.perf_counter() - start
     if checkpoint_dir is not None and jax.process_index() == 0:
-        log(f"wrote {plot_history(history, os.path.join(checkpoint_dir, 'training_curve.png'), title)}")
-    return params, history, seconds
+        log(f"wrote {plot_history(fitted.history, os.path.join(checkpoint_dir, 'training_curve.png'), title)}")
+    return fitted, seconds
 
 
 def plot_history(history, path, title):
@@ -142,13 +143,18 @@ def plot_history(history, path, title):
     return path
 
 
-def metrics_on_test_set(apply_fn, x_test, y_test, loss_fn, *, mesh=None):
+def metrics_on_test_set(apply_fn, x_test, y_test, loss_fn, *, mesh=None, stateful=False):
     """An ``evaluate_fn`` for ``fit``: the test set's loss and accuracy, as test_loss and test_accuracy.
 
-    With a ``mesh``, data-parallel over its devices (see ``training.evaluate``).
+    With a ``mesh``, data-parallel over its devices (see ``training.evaluate``). ``stateful``: a
+    model with state, ``apply_fn(params, state, x)``, evaluated as ``fit`` calls it,
+    ``evaluate_fn(params, state)``.
     """
-    def evaluate(params):
-        metrics = training.evaluate(apply_fn, params, x_test, y_test, loss_fn=loss_fn, mesh=mesh)
+    model = (lambda variables, x: apply_fn(*variables, x)) if stateful else apply_fn  # one function: one compilation
+
+    def evaluate(params, *state):
+        metrics = training.evaluate(model, (params, *state) if stateful else params, x_test, y_test, loss_fn=loss_fn,
+                                    mesh=mesh)
         return {"test_" + name: value for name, value in metrics.items()}
 
     return evaluate

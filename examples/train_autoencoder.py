@@ -44,7 +44,7 @@ def run(*, epochs=40, learning_rate=0.5, batch_size=32, seed=0, out_dir="autoenc
         return per_example_loss(net.apply(params, x), x).mean()
 
     test_loss = jax.jit(lambda p: loss(p, x_test))
-    params, history, seconds = common.train(
+    (params, _, history), seconds = common.train(
         loss, params, (x_train,), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
         evaluate_fn=lambda p: {"test_loss": float(test_loss(p))}, log=log, checkpoint_dir=checkpoint_dir,
         title="the convolutional autoencoder on digits")

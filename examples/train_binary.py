@@ -28,7 +28,7 @@ def run(*, epochs=40, learning_rate=0.05, batch_size=32, hidden=16, seed=0, chec
     def loss(params, x, y):
         return per_example_loss(model.apply(params, x), y).mean()
 
-    params, history, seconds = common.train(
+    (params, _, history), seconds = common.train(
         loss, params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
         evaluate_fn=common.metrics_on_test_set(model.apply, x_test, y_test, per_example_loss), log=log,
         checkpoint_dir=checkpoint_dir, title=f"30-{hidden}-1 tanh network on breast-cancer diagnoses")

@@ -71,7 +71,7 @@ def run(*, epochs=15, learning_rate=0.05, batch_size=32, seed=0, mesh=None, fsdp
     def loss(params, x, y):
         return purebp.softmax_cross_entropy_with_integer_labels(net.apply(params, x), y).mean()
 
-    params, history, seconds = common.train(
+    (params, _, history), seconds = common.train(
         loss, params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
         evaluate_fn=common.metrics_on_test_set(net.apply, x_test, y_test, purebp.softmax_cross_entropy_with_integer_labels,
                                                mesh=mesh),

@@ -46,7 +46,7 @@ def run(*, epochs=20, learning_rate=0.2, batch_size=32, hidden=128, seed=0, chec
     gap = gradient_gap(params, x_train[:1000], y_train[:1000], hidden)
     log(f"MNIST {x_train.shape[0]:,} training and {x_test.shape[0]:,} test digits; {x_train.shape[1]}-{hidden}-10 "
         f"sigmoid MLP; max |gradient difference| at initialisation, purebp.mlp vs layer by layer: {gap:.2e}")
-    params, history, seconds = common.train(
+    (params, _, history), seconds = common.train(
         loss_of(model), params, (x_train, y_train), epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
         seed=seed, log=log, checkpoint_dir=checkpoint_dir, title=f"{x_train.shape[1]}-{hidden}-10 sigmoid MLP on MNIST",
         evaluate_fn=common.metrics_on_test_set(model.apply, x_test, y_test,

@@ -1,6 +1,7 @@
 """Layers as pure ``init``/``apply`` pairs over parameter pytrees, in the manner of stax.
 
-Each constructor returns a ``Layer(init, apply)``:
+Each constructor returns a ``Layer(init, apply)`` (plus ``init_state`` and ``takes`` for the few
+layers that need randomness or state, below):
 
 - ``init(key, input_shape) -> (output_shape, params)``, where ``input_shape`` includes the batch
   dim. Params are ``{"w", "b"}`` dicts, ``{}`` for layers without parameters, and a list of the
@@ -9,6 +10,24 @@ Each constructor returns a ``Layer(init, apply)``:
   ``input_shape`` fails in ``init`` with an error naming the layer.
 - ``apply(params, x) -> y`` calls purebp's ops, so every gradient taken through a model flows
   through hand-written VJPs.
+
+Randomness and state extend the protocol without changing it for any other layer, as equinox
+does (explicit state in, new state out, and a key per call): a layer's ``takes`` names the keyword
+arguments its ``apply`` needs beyond ``(params, x)``, and ``serial`` passes each child just those.
+
+- ``"train"``: ``apply(..., train=True | False)``, a switch between training and evaluation
+  (``Dropout``, ``BatchNorm``). Required: a model that acts differently in the two is never run
+  in a mode nobody chose.
+- ``"key"``: ``apply(..., key=k)``, a PRNG key per call in training (``Dropout``); ``serial`` splits
+  its key into one per child, as stax's ``rng``.
+- ``"state"``: the layer has ``init_state(input_shape) -> state``, and ``apply(params, x, state=s,
+  train=...)`` returns ``(y, new_state)`` (``BatchNorm``'s running statistics). For ``serial`` the
+  state is a list with one entry per child (``{}`` for a child without state), as its params are.
+
+State stays apart from params, so that an optimizer never updates it, as flax's ``batch_stats``
+collection and haiku's ``transform_with_state`` keep it apart; ``purebp.training`` threads it
+through each step (``make_train_step(..., has_state=True)``, ``fit(..., state=)``), evaluates
+with it and checkpoints it beside the params.
 
 Layouts are the ops': dense ``x[..., in] @ w[in, out]``, convolutions channels-last
 ``(N, *spatial, C)`` with kernels ``(*kernel, C_in // groups, C_out)``. Weights default to LeCun
@@ -33,41 +52,84 @@ import purebp
 from purebp import _static
 
 
+CONTEXT = ("key", "train", "state")  # the keyword arguments a layer's apply may take, in this order
+
+
 class Layer(NamedTuple):
-    """A pure layer: ``init(key, input_shape) -> (output_shape, params)``, ``apply(params, x) -> y``."""
+    """A pure layer: ``init(key, input_shape) -> (output_shape, params)``, ``apply(params, x) -> y``.
+
+    ``takes`` names what ``apply`` needs besides, of ``"key"``, ``"train"`` and ``"state"`` (see the
+    module's docstring); a layer with ``"state"`` has ``init_state(input_shape) -> state`` and its
+    ``apply`` returns ``(y, new_state)``.
+    """
 
     init: Callable
     apply: Callable
+    init_state: Callable | None = None
+    takes: frozenset = frozenset()
 
 
-def _layer(name: str, make_params: Callable, apply: Callable, dtype=jnp.float32) -> Layer:
+def _layer(name: str, make_params: Callable, apply: Callable, dtype=jnp.float32, *, takes=frozenset(),
+           make_state: Callable | None = None) -> Layer:
     """A Layer whose init makes params with ``make_params(key, x)`` and infers the output shape.
 
     ``x`` is the abstract input (a ``jax.ShapeDtypeStruct`` of the params' ``dtype``), so
-    ``make_params`` can validate it with the ops' own checks before reading its shape.
+    ``make_params`` can validate it with the ops' own checks before reading its shape. ``apply``
+    takes the keyword arguments named in ``takes``; with ``make_state(x) -> state`` the layer has
+    state, and ``apply`` returns ``(y, new_state)``.
     """
+    takes = frozenset(takes) | ({"state"} if make_state else frozenset())
+
+    def abstract_context(x):  # what init's shape inference passes for the context: training, with a key
+        return {"key": jax.random.key(0), "train": True, "state": make_state(x) if make_state else None}
 
     def init(key, input_shape):
         _check_key(name, key)
         x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), dtype)
         try:
             params = make_params(key, x)
-            output = jax.eval_shape(apply, params, x)
+            context = {k: v for k, v in abstract_context(x).items() if k in takes}
+            output = jax.eval_shape(lambda params, x: apply(params, x, **context), params, x)
         except (TypeError, ValueError) as error:
             raise type(error)(f"{name} cannot take input_shape {x.shape}: {error}") from None
-        return output.shape, params
+        return (output[0] if make_state else output).shape, params
 
-    def named_apply(params, x):
-        """``apply``, its errors naming the layer, the shape it got and, for a missing key, its params."""
+    def init_state(input_shape):
+        x = jax.ShapeDtypeStruct(_check_shape(name, input_shape), dtype)
         try:
-            return apply(params, x)
+            return make_state(x)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name} cannot take input_shape {x.shape}: {error}") from None
+
+    def named_apply(params, x, **context):
+        """``apply``, its errors naming the layer, the shape it got and, for a missing key, its params."""
+        _check_context(name, takes, context)
+        try:
+            return apply(params, x, **context)
         except KeyError as error:
             raise ValueError(f"{name} needs params with the key {error}, got {_describe(params)}: are these "
                              f"another layer's params?") from None
         except (TypeError, ValueError) as error:
             raise type(error)(f"{name} cannot take `x` of shape {jnp.shape(x)}: {error}") from None
 
-    return Layer(init, named_apply)
+    return Layer(init, named_apply, init_state if make_state else None, takes)
+
+
+def _check_context(name, takes, context, harmless=frozenset()):
+    """Refuses keyword arguments the layer does not take (but the ``harmless`` ones), and a missing
+    one that it does."""
+    if unknown := sorted(set(context) - takes - harmless):
+        taken = f"takes only {', '.join(f'`{k}`' for k in CONTEXT if k in takes)}" if takes else "takes none"
+        raise TypeError(f"{name}.apply got the keyword argument(s) {', '.join(map(repr, unknown))} but {taken}.")
+    if "train" in takes and not isinstance(context.get("train"), (bool, np.bool_)):
+        raise TypeError(f"{name} acts differently in training and in evaluation: pass `train=True`"
+                        f"{' with a `key`' if 'key' in takes else ''} or `train=False`, got "
+                        f"{context.get('train')!r}.")
+    if "key" in takes and context["train"] and context.get("key") is None:
+        raise TypeError(f"{name} draws random numbers in training: pass `key=` with `train=True`.")
+    if "state" in takes and context.get("state") is None:
+        raise TypeError(f"{name} has state: pass `state=` (from its init_state, or the last apply's) and "
+                        f"take `(y, new_state)` back.")
 
 
 def _describe(params) -> str:
@@ -286,6 +348,54 @@ def _norm_layer(name, op, axis, epsilon, use_scale, use_bias, scale_init, bias_i
     return _layer(f"{name}(axis={axis})", make_params, apply, param_dtype)
 
 
+def BatchNorm(momentum: float = 0.99, epsilon: float = 1e-5, axis_name=None, use_scale: bool = True,
+              use_bias: bool = True, *, scale_init=initializers.ones, bias_init=initializers.zeros,
+              param_dtype=jnp.float32) -> Layer:
+    """``purebp.batch_norm`` of channels-last input: params ``{"scale", "bias"}`` and state
+    ``{"mean", "var"}``, each ``(C,)`` (flax's names; the state starts at zeros and ones).
+
+    ``apply(params, x, state=s, train=True)`` normalises with the batch's statistics and returns
+    ``(y, new_state)``, the running statistics moved towards them by ``momentum``;
+    ``train=False`` uses ``state`` and returns it unchanged. ``axis_name`` names the mapped axis
+    over which the batch is split (``jax.shard_map``), as ``batch_norm``'s.
+    """
+    _static.check_bool(use_scale, "use_scale")
+    _static.check_bool(use_bias, "use_bias")
+    param_dtype = _param_dtype(param_dtype)
+    inits = {name: init for name, init, used in (("scale", scale_init, use_scale), ("bias", bias_init, use_bias))
+             if used}
+
+    def make_params(key, x):
+        _static.check_ndim(x, "x", "(N, ..., C), channels last", range(2, max(x.ndim, 2) + 1))
+        return {name: init(k, x.shape[-1:], param_dtype) for (name, init), k in zip(inits.items(), jax.random.split(key))}
+
+    def make_state(x):
+        _static.check_ndim(x, "x", "(N, ..., C), channels last", range(2, max(x.ndim, 2) + 1))
+        return {"mean": jnp.zeros(x.shape[-1:], param_dtype), "var": jnp.ones(x.shape[-1:], param_dtype)}
+
+    def apply(params, x, *, train, state):
+        return purebp.batch_norm(x, params.get("scale"), params.get("bias"), state, train=train, momentum=momentum,
+                                 epsilon=epsilon, axis_name=axis_name)
+
+    return _layer(f"BatchNorm(momentum={momentum})", make_params, apply, param_dtype, takes={"train"},
+                  make_state=make_state)
+
+
+def Dropout(rate: float) -> Layer:
+    """``purebp.dropout`` at ``rate`` (the probability of dropping an element, flax's meaning); no params.
+
+    ``apply(params, x, key=k, train=True)`` drops with the key; ``train=False`` returns ``x``.
+    """
+    rate = _static.finite_real(rate, "rate")
+    if not 0 <= rate <= 1:
+        raise ValueError(f"`rate` must be a probability in [0, 1] (of dropping an element), got {rate!r}.")
+
+    def apply(params, x, *, train, key=None):
+        return purebp.dropout(x, key, rate, deterministic=not train)
+
+    return _layer(f"Dropout({rate})", _no_params, apply, takes={"key", "train"})
+
+
 def Flatten() -> Layer:
     """Flattens every dim after the batch dim; no params. (A reshape: its VJP is the inverse reshape.)"""
     return _layer("Flatten()", _no_params, lambda params, x: x.reshape(x.shape[0], math.prod(x.shape[1:])))
@@ -310,6 +420,8 @@ def Gelu(approximate: bool = True) -> Layer:
     """``purebp.gelu`` as a layer (the tanh form unless ``approximate=False``); no params."""
     _static.check_bool(approximate, "approximate")
     return _layer(f"Gelu(approximate={approximate})", _no_params, lambda params, x: purebp.gelu(x, approximate))
+
+
 Softmax = _activation("Softmax", purebp.softmax)
 LogSoftmax = _activation("LogSoftmax", purebp.log_softmax)
 
@@ -343,9 +455,18 @@ def MLP(sizes: Sequence[int], activation: str = "sigmoid", output_activation: st
 
 
 def serial(*layers: Layer) -> Layer:
-    """Layers in sequence; params are the list of the children's params, one key split per child."""
+    """Layers in sequence; params are the list of the children's params, one key split per child.
+
+    ``serial`` takes what its children take. Its ``apply(params, x, *, key=None, train=None,
+    state=None)`` passes each child only the arguments the child takes: ``train`` as given, one of
+    ``len(layers)`` keys split from ``key``, and the child's entry of ``state``. With a child that
+    has state, ``serial`` has state (a list of the children's, ``{}`` for those without), and its
+    ``apply`` returns ``(y, new_state)``.
+    """
     if not layers or not all(isinstance(layer, Layer) for layer in layers):
         raise TypeError(f"serial takes one or more Layers, got {layers!r}.")
+    takes = frozenset().union(*(layer.takes for layer in layers))
+    stateful = "state" in takes
 
     def init(key, input_shape):
         _check_key("serial", key)
@@ -355,15 +476,41 @@ def serial(*layers: Layer) -> Layer:
             params.append(layer_params)
         return input_shape, params
 
-    def apply(params, x):
+    def init_state(input_shape):
+        states = []
+        for layer in layers:
+            states.append(layer.init_state(input_shape) if layer.init_state else {})
+            input_shape = _output_shape(layer, input_shape)
+        return states
+
+    def apply(params, x, **context):
         if not isinstance(params, (list, tuple)) or len(params) != len(layers):
             raise ValueError(f"serial of {len(layers)} layers needs a list of {len(layers)} params, one per layer, "
                              f"got {_describe(params)}.")
+        _check_context("serial", takes, context, harmless={"key", "train"})  # what no child uses is ignored
+        states = context.get("state")
+        if stateful and (not isinstance(states, (list, tuple)) or len(states) != len(layers)):
+            raise ValueError(f"serial of {len(layers)} layers needs `state` as a list of {len(layers)}, one per layer "
+                             f"(its init_state's), got {_describe(states)}.")
+        key = context.get("key")
+        keys = [None] * len(layers) if key is None else jax.random.split(key, len(layers))
+        new_states = []
         for i, (layer, layer_params) in enumerate(zip(layers, params)):
+            given = {"key": keys[i], "train": context.get("train"), "state": states[i] if stateful else None}
             try:
-                x = layer.apply(layer_params, x)
+                x = layer.apply(layer_params, x, **{k: v for k, v in given.items() if k in layer.takes})
             except (TypeError, ValueError) as error:
                 raise type(error)(f"serial layer {i}: {error}") from None
-        return x
+            if "state" in layer.takes:
+                x, state = x
+            new_states.append(state if "state" in layer.takes else {})
+        return (x, new_states) if stateful else x
 
-    return Layer(init, apply)
+    return Layer(init, apply, init_state if stateful else None, takes)
+
+
+def _output_shape(layer: Layer, input_shape) -> tuple[int, ...]:
+    """``layer``'s output shape for ``input_shape``, from its init traced abstractly: no params made."""
+    shapes = []
+    jax.eval_shape(lambda key: shapes.append(layer.init(key, input_shape)[0]), jax.random.key(0))
+    return shapes[0]

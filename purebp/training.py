@@ -15,6 +15,7 @@ the collectives. Auto and Explicit mesh axes both work, as they are. Under
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -31,7 +32,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, mesh: Mesh | None = None,
-                    batch_axis: str | Sequence[str] | None = None) -> Callable:
+                    batch_axis: str | Sequence[str] | None = None, has_state: bool = False,
+                    has_key: bool = False) -> Callable:
     """Returns ``step(params, opt_state, *batch) -> (params, opt_state, loss)``, pure and jitted.
 
     With a ``mesh`` the step is data-parallel: it is jitted with ``in_shardings`` that split every
@@ -39,61 +41,84 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     sharded as they went in: each leaf placed on ``mesh`` with a ``NamedSharding`` keeps it (FSDP,
     tensor parallelism), any other leaf (numpy, one device) is replicated. ``loss_fn`` still sees
     the whole batch, and XLA reduces its mean and the gradients across devices with its own
-    collectives. One function rather than a separate data-parallel one, because the mesh changes
-    where arrays live, not the step's arithmetic or signature: going from one device to many is
-    one argument.
+    collectives (so ``batch_norm``'s statistics are the whole batch's, as on one device). One
+    function rather than a separate data-parallel one, because the mesh changes where arrays
+    live, not the step's arithmetic or signature: going from one device to many is one argument.
+
+    A model with state or randomness (``purebp.layers``' ``BatchNorm``, ``Dropout``) adds what it
+    needs before the batch, in the loss and in the step alike:
+
+    - ``has_state``: ``loss_fn(params, state, *batch) -> (loss, new_state)``, and
+      ``step(params, opt_state, state, *batch) -> (params, opt_state, new_state, loss)``. The state
+      (``BatchNorm``'s running statistics) is carried, never differentiated nor updated by the
+      optimizer.
+    - ``has_key``: a PRNG key after ``params`` (and ``state``), ``loss_fn(params, [state,] key,
+      *batch)`` and ``step(params, opt_state, [state,] key, *batch)``: a fresh one per step for
+      ``Dropout``.
 
     Args:
-      loss_fn: ``loss_fn(params, *batch)`` returning a scalar.
+      loss_fn: ``loss_fn(params, *batch)`` returning a scalar (with the additions above).
       optimizer: an optax gradient transformation, e.g. ``optax.sgd(0.1, momentum=0.9)``.
       mesh: optional ``jax.sharding.Mesh``, e.g. ``data_parallel_mesh()`` or ``jax.make_mesh``'s;
         None for one device. Auto axes let XLA place the collectives; Explicit axes (``jax.make_mesh``'s
         default) carry every array's sharding in its type, and the step is traced under
         ``jax.set_mesh(mesh)``.
       batch_axis: the mesh axis (or axes) that splits the batch; None means every axis of ``mesh``.
+      has_state: whether ``loss_fn`` takes and returns a model state.
+      has_key: whether ``loss_fn`` takes a PRNG key.
 
     Raises:
-      TypeError: if ``mesh`` is not a ``jax.sharding.Mesh``.
+      TypeError: if ``mesh`` is not a ``jax.sharding.Mesh``, or ``has_state``/``has_key`` not a bool.
       ValueError: if ``batch_axis`` names no axis of ``mesh``, or, when called, if a batch's
         leading dim does not divide evenly over the devices along ``batch_axis``.
     """
+    for flag, name in ((has_state, "has_state"), (has_key, "has_key")):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
+    carried = has_state + has_key  # the arguments between opt_state and the batch
 
-    def step(params, opt_state, *batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+    def step(params, opt_state, *args):
+        if has_state:
+            (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *args)
+        else:
+            loss, grads = jax.value_and_grad(loss_fn)(params, *args)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return (optax.apply_updates(params, updates), opt_state, *((state,) if has_state else ()), loss)
 
     if mesh is None:
         return jax.jit(step)
     sharded, shards = _batch_sharding(mesh, batch_axis)
     replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = {}  # one jitted step per placement of params and opt_state
+    jitted = {}  # one jitted step per placement of params, opt_state and the carried state and key
 
-    def placed(params, opt_state, batch):
+    def placed(params, opt_state, args):
         """The arguments on ``mesh`` and the step jitted for their placement. Every leaf is put where
         the step expects it first: under Explicit axes a jitted function types its arguments by where
         they are, not by its ``in_shardings``, and a batch typed whole would be gathered on every device."""
+        extras, batch = tuple(args[:carried]), tuple(args[carried:])
         for leaf in jax.tree_util.tree_leaves(batch):
             _check_divisible(np.shape(leaf)[0] if np.ndim(leaf) else 0, shards, "batch", sharded)
-        state = _placements((params, opt_state), mesh)
-        key = (jax.tree_util.tree_structure(state), tuple(jax.tree_util.tree_leaves(state)))
+        where = _placements((params, opt_state, extras), mesh)
+        key = (jax.tree_util.tree_structure(where), tuple(jax.tree_util.tree_leaves(where)))
         if key not in jitted:
             # `batch` travels as one tuple so that one sharding covers however many arrays it holds.
-            jitted[key] = jax.jit(lambda params, opt_state, batch: step(params, opt_state, *batch),
-                                  in_shardings=(*state, sharded), out_shardings=(*state, replicated))
-        params, opt_state = _put((params, opt_state), state)
-        return jitted[key], (params, opt_state, _put(batch, jax.tree_util.tree_map(lambda _: sharded, batch)))
+            state_out = (where[2][0],) if has_state else ()  # the new state placed as the old
+            jitted[key] = jax.jit(lambda params, opt_state, extras, batch: step(params, opt_state, *extras, *batch),
+                                  in_shardings=(*where, sharded),
+                                  out_shardings=(*where[:2], *state_out, replicated))
+        arguments = _put((params, opt_state, extras), where)
+        return jitted[key], (*arguments, _put(batch, jax.tree_util.tree_map(lambda _: sharded, batch)))
 
     @functools.wraps(step)
-    def data_parallel_step(params, opt_state, *batch):
-        jitted_step, args = placed(params, opt_state, batch)
+    def data_parallel_step(params, opt_state, *args):
+        jitted_step, arguments = placed(params, opt_state, args)
         with jax.set_mesh(mesh):
-            return jitted_step(*args)
+            return jitted_step(*arguments)
 
-    def lower(params, opt_state, *batch):
-        jitted_step, args = placed(params, opt_state, batch)
+    def lower(params, opt_state, *args):
+        jitted_step, arguments = placed(params, opt_state, args)
         with jax.set_mesh(mesh):
-            return jitted_step.lower(*args)
+            return jitted_step.lower(*arguments)
 
     # As a jitted function's: `step.lower(params, opt_state, *batch).compile().as_text()` shows the collectives.
     data_parallel_step.lower = lower
@@ -398,18 +423,27 @@ def _per_example_metrics(apply_fn, loss_fn):
     return jax.jit(metrics)
 
 
-class Fitted(NamedTuple):
-    """What ``fit`` returns: pass ``params`` and ``opt_state`` back to ``fit`` to train on."""
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """What ``fit`` returns: pass ``params``, ``opt_state`` (and ``state``) back to ``fit`` to train on.
+
+    Unpacks as ``params, opt_state, history = fit(...)``; a model's ``state`` (None without one) is
+    read by name.
+    """
     params: Any
     opt_state: Any
     history: list[dict]  # one record per epoch: see ``fit``
+    state: Any = None
+
+    def __iter__(self):  # the three names a run unpacks to, with or without a model state
+        return iter((self.params, self.opt_state, self.history))
 
 
 def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_size: int,
         optimizer: optax.GradientTransformation | None = None, learning_rate: float = 0.1, opt_state=None,
         evaluate_fn: Callable | None = None, log: Callable[[str], None] | None = print, progress: bool | None = None,
         mesh: Mesh | None = None, checkpoint_dir: str | os.PathLike | None = None, save_every: int | None = None,
-        max_to_keep: int | None = 3, resume: bool = True) -> Fitted:
+        max_to_keep: int | None = 3, resume: bool = True, state=None, has_key: bool = False) -> Fitted:
     """Trains ``params`` on ``data`` for ``epochs``, one log line per epoch; checkpointed and resumable.
 
     With a ``checkpoint_dir``, ``fit`` saves where the run stands with Orbax (an
@@ -423,8 +457,16 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
     re-raised. A process killed outright (SIGKILL, a preempted machine) loses the steps since the
     last complete checkpoint, nothing more: an interrupted write is never taken for one.
 
+    A model with state (``BatchNorm``) or randomness (``Dropout``) trains as ``make_train_step``'s
+    ``has_state`` and ``has_key`` describe: pass its ``state`` (``model.init_state(input_shape)``)
+    and ``has_key=True``. The state is threaded from step to step, evaluated with, checkpointed
+    beside the params and restored with them; the key of each step is folded from the epoch's
+    data-order key and the batch's index, so a resumed run draws the same dropout masks.
+
     Args:
-      loss_fn: ``loss_fn(params, *batch)`` returning the mean loss of a batch.
+      loss_fn: ``loss_fn(params, *batch)`` returning the mean loss of a batch; ``loss_fn(params,
+        [state,] [key,] *batch)`` returning ``(loss, new_state)`` with a ``state`` (just the loss
+        without one), the key with ``has_key``.
       params: the initial parameters (and, when resuming, the template the checkpoint's must match
         in structure, shapes and dtypes; their placement is where the restored params go).
       data: arrays with a shared leading dim, sliced into ``batch`` for ``loss_fn``.
@@ -438,7 +480,8 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
       opt_state: the optimizer state to start from, e.g. a previous ``fit``'s; None means
         ``optimizer.init(params)``.
       evaluate_fn: optional ``evaluate_fn(params) -> dict`` of numbers (e.g. ``test_accuracy``),
-        run after each epoch and logged; its names must differ from the history's own.
+        run after each epoch and logged; its names must differ from the history's own. With a
+        ``state``, ``evaluate_fn(params, state)``.
       log: where the per-epoch lines go; None for silence.
       progress: a progress bar over each epoch (tqdm, on stderr) with the latest loss and examples
         per second; None shows it when stderr is a terminal.
@@ -452,12 +495,15 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
       max_to_keep: the number of latest checkpoints kept; None keeps them all.
       resume: go on from the latest checkpoint in ``checkpoint_dir``. False refuses a directory
         that holds checkpoints rather than overwrite them.
+      state: the model's state to start from (a pytree of arrays), e.g. ``model.init_state(shape)``;
+        None for a model without one.
+      has_key: pass ``loss_fn`` a fresh PRNG key each step.
 
     Returns:
-      ``Fitted(params, opt_state, history)``: the trained parameters, the optimizer state, and one
-      dict per epoch with ``epoch``, ``loss`` (the mean training loss), ``seconds`` and
+      ``Fitted(params, opt_state, history, state)``: the trained parameters, the optimizer state,
+      one dict per epoch with ``epoch``, ``loss`` (the mean training loss), ``seconds`` and
       ``examples_per_second`` (of the steps run in this call: a resumed epoch counts those after
-      the checkpoint) and the metrics of ``evaluate_fn``.
+      the checkpoint) and the metrics of ``evaluate_fn``, and the model's state (None without one).
 
     Raises:
       TypeError: if ``data`` is not a sequence of arrays.
@@ -476,13 +522,14 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
     if len(data[0]) < batch_size:
         raise ValueError(f"`batch_size` ({batch_size}) must not exceed the {len(data[0])} examples of `data`.")
     optimizer = optax.sgd(learning_rate, momentum=0.9) if optimizer is None else optimizer
-    step = make_train_step(loss_fn, optimizer, mesh=mesh)
+    step = _run_step(make_train_step(loss_fn, optimizer, mesh=mesh, has_state=state is not None, has_key=has_key),
+                     state is not None, has_key)
     if mesh is not None:  # leaves already on the mesh keep their sharding (shard_params), the rest are replicated
-        params = _on_mesh(params, mesh)
+        params, state = _on_mesh((params, state), mesh)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     if mesh is not None:
         opt_state = _on_mesh(opt_state, mesh)
-    run = _Run(params, opt_state, key, epoch=1, batch=0, step=0, epoch_losses=[], history=())
+    run = _Run(params, opt_state, state, key, epoch=1, batch=0, step=0, epoch_losses=[], history=())
     if checkpoint_dir is None:
         for run in _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progress):
             pass
@@ -520,11 +567,25 @@ def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_si
     return run.fitted()
 
 
+def _run_step(step, has_state, has_key):
+    """``step`` as ``fit`` takes it: ``(run, epoch_key, batch) -> (params, opt_state, state, loss)``,
+    the model's state carried (None without one) and, with ``has_key``, the step's key folded from
+    the epoch's and the batch's index."""
+
+    def run_step(run, epoch_key, batch):
+        carried = (*((run.state,) if has_state else ()), *((jax.random.fold_in(epoch_key, run.batch),) if has_key else ()))
+        out = step(run.params, run.opt_state, *carried, *batch)
+        return out if has_state else (out[0], out[1], None, out[2])
+
+    return run_step
+
+
 class _Run(NamedTuple):
     """Where a run of ``fit`` stands after a step: what a checkpoint holds. A new one after every
     step, never changed, so the last one handed out is whole wherever an interrupt lands."""
     params: Any
     opt_state: Any
+    state: Any  # the model's (BatchNorm's statistics), None without one
     key: Any  # the data-order key that the epoch in progress is split from
     epoch: int  # the epoch in progress, from 1
     batch: int  # its batches done
@@ -533,7 +594,7 @@ class _Run(NamedTuple):
     history: tuple  # one record per finished epoch
 
     def fitted(self) -> Fitted:
-        return Fitted(self.params, self.opt_state, list(self.history))
+        return Fitted(self.params, self.opt_state, list(self.history), self.state)
 
 
 def _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progress) -> Iterator[_Run]:
@@ -545,10 +606,10 @@ def _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progres
         first, start, losses = run.batch, time.perf_counter(), run.epoch_losses[:run.batch]
         with _ProgressBar(progress, f"epoch {run.epoch}/{epochs}", steps_per_epoch, first, batch_size) as bar:
             for batch in batches(epoch_key, data, batch_size, drop_remainder=True, mesh=mesh, start=first):
-                params, opt_state, loss = step(run.params, run.opt_state, *batch)
+                params, opt_state, state, loss = step(run, epoch_key, batch)
                 losses.append(loss)
-                run = run._replace(params=params, opt_state=opt_state, batch=run.batch + 1, step=run.step + 1,
-                                   epoch_losses=losses)
+                run = run._replace(params=params, opt_state=opt_state, state=state, batch=run.batch + 1,
+                                   step=run.step + 1, epoch_losses=losses)
                 bar.update(loss)
                 if run.batch < steps_per_epoch:
                     yield run
@@ -556,7 +617,8 @@ def _epochs(run, step, data, epochs, batch_size, mesh, evaluate_fn, log, progres
         seconds = time.perf_counter() - start
         record = {"epoch": run.epoch, "loss": mean_loss, "seconds": seconds,
                   "examples_per_second": (run.batch - first) * batch_size / seconds}
-        metrics = evaluate_fn(run.params) if evaluate_fn else {}
+        metrics = {} if not evaluate_fn else evaluate_fn(run.params) if run.state is None else evaluate_fn(
+            run.params, run.state)
         if set(metrics) & set(record):
             raise ValueError(f"`evaluate_fn`'s metrics {sorted(metrics)} must not reuse the names {sorted(record)}; "
                              f"prefix them, e.g. 'test_loss'.")
@@ -633,8 +695,7 @@ class _Checkpoints:
                 "loss_dtype": np.dtype(losses[0].dtype).name if losses else None,
                 "history": list(run.history), "batch_size": self._batch_size, "examples": self._examples}
         self._manager.save(run.step, args=self._ocp.args.Composite(
-            arrays=self._ocp.args.StandardSave({"params": run.params, "opt_state": run.opt_state}),
-            loop=self._ocp.args.JsonSave(loop)))
+            arrays=self._ocp.args.StandardSave(_arrays(run)), loop=self._ocp.args.JsonSave(loop)))
 
     def restore(self, step, run, *, epochs) -> _Run:
         """``run`` as checkpoint ``step`` left it, its arrays placed as ``run``'s are."""
@@ -650,14 +711,15 @@ class _Checkpoints:
         if reached > epochs:
             raise ValueError(f"the checkpoint {where!r} has trained past epoch {epochs}, the `epochs` given (it is at "
                              f"epoch {loop['epoch']}, batch {loop['batch']}); pass epochs >= {reached}.")
-        like = {"params": run.params, "opt_state": run.opt_state}
+        like = _arrays(run)
         self._check_like(step, like, where)
         arrays = self._manager.restore(step, args=self._ocp.args.Composite(
             arrays=self._ocp.args.StandardRestore(jax.tree_util.tree_map(_abstract, like)))).arrays
         key = jnp.asarray(np.asarray(loop["key"], np.uint32))
         key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(run.key)) if _is_typed_key(run.key) else key
         losses = [jnp.asarray(loss, loop["loss_dtype"]) for loss in loop["epoch_losses"]]
-        return run._replace(params=arrays["params"], opt_state=arrays["opt_state"], key=key, epoch=loop["epoch"],
+        return run._replace(params=arrays["params"], opt_state=arrays["opt_state"], state=arrays.get("state"),
+                            key=key, epoch=loop["epoch"],
                             batch=loop["batch"], step=loop["step"], epoch_losses=losses, history=tuple(loop["history"]))
 
     def _check_like(self, step, like, where):
@@ -668,9 +730,10 @@ class _Checkpoints:
         saved = arrays(self._manager.item_metadata(step).arrays)
         wanted = arrays(self._ocp.tree.serialize_tree(like, keep_empty_nodes=True))
         describe = lambda leaf: "nothing" if leaf is None else f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
-        for path in sorted(saved.keys() | wanted.keys(), key=lambda path: (path[0] != "params", str(path))):
+        order = {"params": 0, "opt_state": 1, "state": 2}
+        for path in sorted(saved.keys() | wanted.keys(), key=lambda path: (order[path[0]], str(path))):
             if describe(saved.get(path)) != describe(wanted.get(path)):
-                which = "`params`" if path[0] == "params" else "the optimizer state"
+                which = {"params": "`params`", "opt_state": "the optimizer state", "state": "the model's `state`"}[path[0]]
                 raise ValueError(f"the checkpoint {where!r} does not fit {which}: at {'/'.join(map(str, path))} it "
                                  f"holds {describe(saved.get(path))}, where {which} has {describe(wanted.get(path))}. "
                                  f"Resume with the model and optimizer it was made with, or pass an empty "
@@ -679,6 +742,11 @@ class _Checkpoints:
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _arrays(run) -> dict:
+    """What a checkpoint's ``arrays`` item holds: the params, the optimizer state and the model's state."""
+    return {"params": run.params, "opt_state": run.opt_state, **({} if run.state is None else {"state": run.state})}
 
 
 def _abstract(leaf):

@@ -11,18 +11,26 @@ from benchmarks import report, runner, sharded, workloads  # noqa: E402
 from benchmarks.timing import Stats  # noqa: E402
 
 
-@pytest.mark.slow  # every workload compiled and timed once: ~50 s, so in .ci/run's slow pass
+@pytest.mark.slow  # every workload compiled and timed once: ~70 s, so in .ci/run's slow pass
 def test_tiny_run_writes_every_workload(tmp_path):
     output = tmp_path / "benchmarks.md"
     assert runner.main(["--tiny", "--output", str(output)]) == 0  # 0: every sanity check passed
     page = output.read_text()
-    for workload in workloads.all_workloads(workloads.TINY):
-        assert f"| {workload.label}" in page
-    for heading in ("Targets", "Training steps", "MLP step throughput", "Ops", "Residual bytes", "Compile times"):
-        assert f"### {heading}" in page
+    for family, names in workloads.FAMILIES.items():
+        text = _section(page, report.section_name("cpu", family))
+        for workload in workloads.all_workloads(workloads.TINY):
+            assert (f"| {workload.label}" in text) == (workload.name in names)
+        for heading in ("Targets", "Ops", "Residual bytes", "Compile times"):
+            assert f"### {heading}" in text
+    for heading in ("Training steps", "MLP step throughput"):
+        assert f"### {heading}" in _section(page, "cpu")
     assert "FAILED" not in page and "ok: vs autodiff" in page
-    assert "<!-- BEGIN gpu -->" in page  # the placeholder a GPU run fills
-    _assert_sharded_section(page.split(f"<!-- BEGIN {report.SHARDED} -->")[1])
+    assert "<!-- BEGIN gpu -->" in page and "<!-- BEGIN gpu_second -->" in page  # the placeholders a GPU run fills
+    _assert_sharded_section(_section(page, report.SHARDED))
+
+
+def _section(page, name):
+    return page.split(f"<!-- BEGIN {name} -->")[1].split(f"<!-- END {name} -->")[0]
 
 
 def _assert_sharded_section(text):
@@ -51,6 +59,20 @@ def test_only_the_sharded_step_replaces_its_section_and_keeps_the_rest(tmp_path,
     assert page.index("BEGIN cpu") < page.index(f"BEGIN {report.SHARDED}") < page.index("BEGIN gpu")
 
 
+def test_a_run_of_the_second_family_replaces_its_section_alone(tmp_path):
+    output = tmp_path / "benchmarks.md"
+    output.write_text(report.page({"cpu": "## CPU\n\nfirst family's tables\n"}))
+    # dropout and embedding: the ops with an argument held fixed, a key and integer ids
+    assert runner.main(["--tiny", "--only", "dropout", "embedding", "--repeats", "1", "--warmup", "0",
+                        "--output", str(output)]) == 0
+    page = output.read_text()
+    assert "first family's tables" in _section(page, "cpu")
+    second = _section(page, "cpu_second")
+    assert second.startswith("\n## CPU, the second family") and "| dropout 0.1, (16, 32) | fwd+bwd |" in second
+    assert "| embedding, 16 ids into (64, 32) | 16 | 64 | 0.25× | met |" in second  # uint8 ids (64 rows), not int32
+    assert page.index("BEGIN cpu ") < page.index("BEGIN cpu_second") < page.index(f"BEGIN {report.SHARDED}")
+
+
 def test_collectives_are_counted_by_op_name_whatever_their_result_type():
     hlo = """
       %all-reduce-start = (f32[3]{0}, f32[2,2]{1,0}) all-reduce-start(f32[3]{0} %a, f32[2,2]{1,0} %b), to_apply=%add
@@ -74,6 +96,7 @@ def test_without_torch_the_pytorch_columns_are_empty_and_tiny_writes_nothing(tmp
 
 def test_names_match_the_workloads():
     assert tuple(w.name for w in workloads.all_workloads(workloads.TINY)) == workloads.NAMES
+    assert len(set(workloads.NAMES)) == len(workloads.NAMES)  # no workload in two families
 
 
 def test_a_run_keeps_the_other_backends_section():

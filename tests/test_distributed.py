@@ -563,3 +563,24 @@ def test_example_trains_over_every_device(mesh):
         alone = train_data_parallel.run(epochs=1, batch_size=32, mesh=training.data_parallel_mesh(jax.devices()[:1]),
                                         log=lambda line: None)
         chex.assert_trees_all_close(result["params"], alone["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_and_dropout_train_on_the_mesh_as_on_one_device(any_mesh, rng):
+    """make_train_step(mesh=...) sees the global batch: BatchNorm's statistics are the whole batch's,
+    and the dropout masks are drawn for the whole batch from the one key, so 8 devices train as 1."""
+    x = jnp.asarray(rng.standard_normal((64, 6, 6, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 64), jnp.int32)
+    model = layers.serial(layers.Conv(4, 3), layers.BatchNorm(momentum=0.9), layers.Relu(), layers.Flatten(),
+                          layers.Dropout(0.25), layers.Dense(3))
+    _, params = model.init(jax.random.PRNGKey(0), x.shape)
+
+    def loss(params, state, key, x, y):
+        logits, state = model.apply(params, x, state=state, key=key, train=True)
+        return purebp.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
+
+    kwargs = dict(key=jax.random.PRNGKey(3), epochs=2, batch_size=16, log=None, state=model.init_state(x.shape),
+                  has_key=True)
+    one = training.fit(loss, params, (x, y), **kwargs)
+    many = training.fit(loss, params, (x, y), mesh=any_mesh, **kwargs)
+    chex.assert_trees_all_close((many.params, many.state), (one.params, one.state), **TOLERANCE[np.float32])
+    assert jax.tree_util.tree_leaves(many.state)[0].sharding.is_fully_replicated

@@ -225,3 +225,94 @@ def test_embed_looks_up_integer_ids_with_flax_params():
     assert model.init(KEY, (2, 5))[0] == (2, 3)
     with pytest.raises(TypeError, match=r"Embed\(11, 4\) cannot take `x` of shape \(2,\): `ids` must have an integer"):
         layer.apply(params, jnp.ones(2))
+
+
+# --- randomness and state ------------------------------------------------------------------------
+
+
+def bn_dropout_model():
+    return layers.serial(layers.Dense(6), layers.BatchNorm(momentum=0.9), layers.Relu(), layers.Dropout(0.5),
+                         layers.Dense(3))
+
+
+def test_dropout_layer_draws_with_its_key_in_training_and_is_the_identity_in_evaluation(rng):
+    layer = layers.Dropout(0.25)
+    output_shape, params = layer.init(KEY, (4, 8))
+    x = jnp.asarray(rng.standard_normal((4, 8)), jnp.float32)
+    key = jax.random.key(3)
+    assert output_shape == (4, 8) and params == {} and layer.takes == {"key", "train"} and layer.init_state is None
+    np.testing.assert_array_equal(layer.apply(params, x, key=key, train=True), purebp.dropout(x, key, 0.25))
+    np.testing.assert_array_equal(layer.apply(params, x, train=False), x)
+
+
+def test_batch_norm_layer_has_flax_names_and_values(rng):
+    import flax.linen as nn
+
+    layer = layers.BatchNorm(momentum=0.9)
+    x = jnp.asarray(3 * rng.standard_normal((8, 4, 4, 5)) + 1, jnp.float32)
+    output_shape, params = layer.init(KEY, x.shape)
+    state = layer.init_state(x.shape)
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
+    variables = flax_bn.init(KEY, x)
+    assert output_shape == x.shape and layer.takes == {"train", "state"}
+    jax.tree_util.tree_map(np.testing.assert_array_equal, (params, state), (variables["params"], variables["batch_stats"]))
+    y, new_state = layer.apply(params, x, state=state, train=True)
+    flax_y, updates = flax_bn.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(y, flax_y, rtol=2e-6, atol=2e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state, updates["batch_stats"])
+    y, same = layer.apply(params, x, state=new_state, train=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, same, new_state)
+
+
+def test_serial_threads_each_child_its_key_mode_and_state(rng):
+    model = bn_dropout_model()
+    output_shape, params = model.init(KEY, (2, 4))
+    state = model.init_state((2, 4))
+    x = jnp.asarray(rng.standard_normal((10, 4)), jnp.float32)
+    key = jax.random.key(7)
+    assert output_shape == (2, 3) and model.takes == {"key", "train", "state"}
+    assert [set(s) for s in state] == [set(), {"mean", "var"}, set(), set(), set()]
+    y, new_state = model.apply(params, x, state=state, key=key, train=True)
+    # by hand: each child with its own key of serial's split (stax's rng), and its own state
+    h = purebp.dense(x, params[0]["w"], params[0]["b"])
+    h, stats = purebp.batch_norm(h, params[1]["scale"], params[1]["bias"], state[1], train=True, momentum=0.9)
+    h = purebp.dropout(purebp.relu(h), jax.random.split(key, 5)[3], 0.5)
+    np.testing.assert_allclose(y, purebp.dense(h, params[4]["w"], params[4]["b"]), rtol=1e-6)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_state[1], stats)
+    evaluation, unchanged = model.apply(params, x, state=new_state, train=False)
+    np.testing.assert_array_equal(evaluation, model.apply(params, x, state=new_state, train=False, key=key)[0])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, unchanged, new_state)
+    grads = jax.grad(lambda p: jnp.sum(model.apply(p, x, state=state, key=key, train=True)[0] ** 2))(params)
+    assert set(grads[1]) == {"scale", "bias"}  # the statistics are state, never params
+
+
+def test_models_without_randomness_or_state_keep_the_two_argument_protocol(rng):
+    """A hand-written Layer(init, apply) of two arguments still composes; a serial without state returns y."""
+    double = layers.Layer(lambda key, shape: (shape, {}), lambda params, x: 2 * x)
+    model = layers.serial(layers.Dense(3), double, layers.Dropout(0.5))
+    _, params = model.init(KEY, (2, 4))
+    x = jnp.asarray(rng.standard_normal((2, 4)), jnp.float32)
+    assert model.init_state is None and model.takes == {"key", "train"}
+    np.testing.assert_array_equal(model.apply(params, x, train=False), 2 * purebp.dense(x, params[0]["w"], params[0]["b"]))
+    plain = layers.serial(layers.Dense(3), double)
+    np.testing.assert_array_equal(plain.apply(params[:2], x), plain.apply(params[:2], x, train=True, key=KEY))
+
+
+@pytest.mark.parametrize("call, match", [
+    pytest.param(lambda m, p, s, x: m.apply(p, x, state=s), r"serial acts differently in training and in evaluation: "
+                 r"pass `train=True` with a `key` or `train=False`, got None", id="no-mode"),
+    pytest.param(lambda m, p, s, x: m.apply(p, x, state=s, train=True), r"serial draws random numbers in training: "
+                 r"pass `key=` with `train=True`", id="no-key"),
+    pytest.param(lambda m, p, s, x: m.apply(p, x, train=False), "serial has state: pass `state=`", id="no-state"),
+    pytest.param(lambda m, p, s, x: layers.Dense(3).apply(p[0], x, train=True),
+                 r"Dense\(3\)\.apply got the keyword argument\(s\) 'train' but takes none", id="unknown"),
+    pytest.param(lambda m, p, s, x: layers.BatchNorm().apply(p[1], x, state=s[1], train="yes"),
+                 r"BatchNorm\(momentum=0.99\) acts differently .* got 'yes'", id="mode-not-bool"),
+    pytest.param(lambda m, p, s, x: m.apply(p, x, state=s[:2], train=False),
+                 r"serial of 5 layers needs `state` as a list of 5", id="state-list"),
+])
+def test_randomness_and_state_errors_say_what_to_pass(call, match, rng):
+    model = bn_dropout_model()
+    _, params = model.init(KEY, (2, 4))
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(model, params, model.init_state((2, 4)), jnp.ones((2, 4)))

@@ -325,3 +325,69 @@ def test_a_progress_bar_shows_the_loss_and_examples_per_second_on_a_terminal(run
     assert "epoch 1/1" in bar and "ex/s" in bar and "loss 0." in bar
     run(1)  # progress=None: stderr is not a terminal under pytest
     assert capsys.readouterr().err == ""
+
+
+# --- models with state and randomness ----------------------------------------------------------
+
+
+def stateful_problem(rng, n=96):
+    """A Dense-BatchNorm-Relu-Dropout-Dense classifier: its loss, params, state, data and evaluate_fn."""
+    x = jnp.asarray(rng.standard_normal((n, 5)), jnp.float32)
+    y = jnp.asarray((x[:, 0] - x[:, 2] > 0).astype(np.int32))
+    model = layers.serial(layers.Dense(16), layers.BatchNorm(momentum=0.9), layers.Relu(), layers.Dropout(0.3),
+                          layers.Dense(2))
+    _, params = model.init(jax.random.PRNGKey(0), x.shape)
+
+    def loss(params, state, key, x, y):
+        logits, state = model.apply(params, x, state=state, key=key, train=True)
+        return purebp.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
+
+    def evaluate(params, state):  # in evaluation: the running statistics, no dropout
+        apply = lambda variables, x: model.apply(variables[0], x, state=variables[1], train=False)[0]
+        return {"test_" + k: v for k, v in training.evaluate(
+            apply, (params, state), x, y, loss_fn=purebp.softmax_cross_entropy_with_integer_labels).items()}
+
+    return model, loss, params, model.init_state(x.shape), (x, y), evaluate
+
+
+def test_a_step_with_state_and_a_key_carries_the_state_and_differentiates_the_params(rng):
+    model, loss, params, state, (x, y), _ = stateful_problem(rng)
+    optimizer = optax.sgd(0.1)
+    step = training.make_train_step(loss, optimizer, has_state=True, has_key=True)
+    key = jax.random.PRNGKey(4)
+    new_params, _, new_state, value = step(params, optimizer.init(params), state, key, x, y)
+    (want_loss, want_state), grads = jax.value_and_grad(loss, has_aux=True)(params, state, key, x, y)
+    assert float(value) == pytest.approx(float(want_loss), rel=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state, want_state)
+    jax.tree_util.tree_map(lambda p, g, new: np.testing.assert_allclose(new, p - 0.1 * g, rtol=1e-5, atol=1e-7),
+                           params, grads, new_params)
+    with pytest.raises(TypeError, match="`has_state` must be a bool, got 1"):
+        training.make_train_step(loss, optimizer, has_state=1)
+
+
+def test_fit_threads_the_state_evaluates_with_it_and_resumes_it_bit_for_bit(rng, tmp_path):
+    model, loss, params, state, data, evaluate = stateful_problem(rng)
+    kwargs = dict(key=jax.random.PRNGKey(1), batch_size=16, log=None, state=state, has_key=True, evaluate_fn=evaluate)
+    straight = training.fit(loss, params, data, epochs=4, **kwargs)
+    assert straight.history[-1]["test_accuracy"] > 0.8 and straight.history[-1]["loss"] < straight.history[0]["loss"]
+    assert not np.allclose(straight.state[1]["mean"], 0)  # the running statistics moved
+    trained_params, _, history = straight  # unpacks as a run without state does
+    assert trained_params is straight.params and len(history) == 4
+    training.fit(loss, params, data, epochs=2, checkpoint_dir=tmp_path, **kwargs)
+    resumed = training.fit(loss, params, data, epochs=4, checkpoint_dir=tmp_path, **kwargs)
+    assert_same_run(resumed, straight)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.state, straight.state)
+    other = layers.serial(layers.Dense(16), layers.BatchNorm(), layers.Relu(), layers.Dense(2)).init_state((1, 5))
+    with pytest.raises(ValueError, match=r"does not fit the model's `state`: at state/1/mean it holds float32\[16\], "
+                                         r"where the model's `state` has nothing"):
+        training.fit(loss, params, data, epochs=4, checkpoint_dir=tmp_path, **{**kwargs, "state": other[:1]})
+
+
+def test_fit_draws_a_new_dropout_key_each_step(rng):
+    _, loss, params, state, data, _ = stateful_problem(rng)
+    seen = []
+    spy = lambda params, state, key, x, y: (jax.debug.callback(lambda k: seen.append(np.asarray(k)), key),
+                                            loss(params, state, key, x, y))[1]
+    training.fit(spy, params, data, key=jax.random.PRNGKey(1), epochs=2, batch_size=32, log=None, state=state,
+                 has_key=True)
+    assert len(seen) == 6 and len({k.tobytes() for k in seen}) == 6  # a fresh key at every step
