@@ -1,10 +1,12 @@
 """The benchmark page: results, the issue's targets, and markdown.
 
 The page has a fixed header (systems, method, how to run) and named sections between
-``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers: one per JAX backend (``cpu``, ``gpu``,
-...) and ``SHARDED``, the CNN step on 8 simulated CPU devices. A run replaces the sections it
-measured and keeps the others, so the CPU and GPU measurements, taken on different machines, share
-one page, and ``--only cnn_sharded`` leaves the single-device tables as they are.
+``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers: one per JAX backend and family of
+workloads (``cpu`` and ``gpu`` for the first family, ``cpu_second`` and ``gpu_second`` for the
+second: see ``section_name``) and ``SHARDED``, the CNN step on 8 simulated CPU devices. A run
+replaces the sections it measured and keeps the others, so the CPU and GPU measurements, taken on
+different machines, share one page, ``--only gelu silu`` leaves the first family's tables as they
+are, and ``--only cnn_sharded`` the single-device tables.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import jax
 import numpy as np
 
 from benchmarks.timing import Stats
+from benchmarks.workloads import FAMILIES
 
 PUREBP, AUTODIFF, JAX = "purebp", "autodiff", "JAX"
 # PyTorch's systems by memory format: its default (NCHW for images, plain row-major otherwise) and
@@ -100,8 +103,10 @@ HEADER = """\
 # Benchmarks
 
 Written by the benchmark runner, `python -m benchmarks` (the package `benchmarks/`): re-run it
-rather than editing this page. A run replaces the sections it measured below (its JAX backend's,
-CPU or GPU; on CPU also the one of 8 simulated devices) and keeps the others.
+rather than editing this page. A run replaces the sections it measured below and keeps the others.
+Each JAX backend, CPU or GPU, has a section for each family of workloads: the first (the models,
+pools and convolutions) and the second (activations, normalization, dropout and embedding, on
+(8192, 1024)); on CPU there is also the one of 8 simulated devices.
 
 Which formulation each backward rule uses, and for every missed target the profile that explains it
 and what was tried: [performance.md](performance.md).
@@ -123,13 +128,18 @@ calls each system once, cycling through every order of the systems (so each foll
 equally often). Times are the median and, in brackets, the 10th-90th percentiles, in milliseconds. Ratios are of medians, purebp's time over the other's: below 1 means
 purebp is faster. For ops, *backward* is the VJP function alone applied to a cotangent, its
 residuals computed beforehand (PyTorch: `autograd.grad` on a retained graph), and *fwd+bwd* is
-`jax.vjp` and the cotangent in one jitted function (PyTorch: the op, then `autograd.grad`), with
-respect to every input. *Compile* is trace + lower + compile of the jitted function. *Residual
-bytes* is `purebp.testing.residual_bytes`: what the backward pass keeps alive between forward and
-backward (models: the loss as a function of the parameters and the batch). *Check* is the largest
-difference between purebp's and autodiff's cotangents (for steps: loss and parameter updates of one
-step, and PyTorch's initial loss), relative to the largest magnitude; it must stay under 1e-4
-on CPU (2e-2 on accelerators, which may run float32 matmuls in TF32) for the run to succeed.
+`jax.vjp` and the cotangent in one jitted function that returns the output and the cotangents
+(PyTorch: the op, then `autograd.grad`). Both are taken with respect to every input but dropout's
+key and embedding's ids, and for batch_norm's y alone, not its new statistics. *Compile* is trace +
+lower + compile of the jitted function. *Residual bytes* is `purebp.testing.residual_bytes`: what
+the backward pass keeps alive between forward and backward (models: the loss as a function of the
+parameters and the batch). *Check* is the largest difference between purebp's output and
+cotangents and autodiff's, and PyTorch's (for steps: loss and parameter updates of one step, and
+PyTorch's initial loss), relative to the largest magnitude; it must stay under 1e-4 on CPU (2e-2 on
+accelerators, which may run float32 matmuls in TF32) for the run to succeed. PyTorch's are not
+checked where it does the same work on other numbers: dropout (its own random mask), the 3×3/2 pool
+(torch pads both sides where SAME pads the end) and conv_transpose (torch flips the kernel and crops
+the output one step further on).
 
 The machine is often shared: the load average is recorded with each run. Above the core count,
 every system slows, PyTorch's most (its OpenMP threads wait for each other at every parallel
@@ -145,19 +155,29 @@ python -m benchmarks             # CPU: purebp, autodiff and PyTorch; writes doc
 python -m benchmarks --gpu       # where JAX sees a GPU (jax[cuda]): purebp and autodiff, no PyTorch
 python -m benchmarks --only cnn conv_second --repeats 50 --output /tmp/benchmarks.md
 python -m benchmarks --only cnn_sharded --repeats 240   # only the CNN step on 8 simulated devices
+python -m benchmarks --only gelu layer_norm dropout     # some of the second family: its section alone
 python -m benchmarks --tiny      # a smoke run on tiny sizes: prints the tables, writes nothing
 ```
 """
 
 _SECTION = re.compile(r"<!-- BEGIN (\w+) -->\n.*?<!-- END \1 -->\n", re.DOTALL)
-_TITLES = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU",
-           SHARDED: "CPU, 8 simulated devices: Auto and Explicit mesh axes"}
+_SECOND = "the second family: activations, normalization, dropout and embedding"
+_TITLES = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU", "cpu_second": f"CPU, {_SECOND}",
+           "gpu_second": f"GPU, {_SECOND}", SHARDED: "CPU, 8 simulated devices: Auto and Explicit mesh axes"}
 # The sections every page shows, in this order, with how to fill each; any other comes after them.
 _HOW_TO_MEASURE = {
     "cpu": "run `python -m benchmarks` on a machine where JAX's default backend is the CPU",
+    "cpu_second": "run `python -m benchmarks` (or `--only` some of its ops) on a machine where JAX's default "
+                  "backend is the CPU",
     SHARDED: f"run `python -m benchmarks --only {SHARDED}` (or all of `python -m benchmarks` on CPU)",
     "gpu": "run `python -m benchmarks --gpu` on a machine where JAX's default backend is the GPU",
+    "gpu_second": "run `python -m benchmarks --gpu` on a machine where JAX's default backend is the GPU",
 }
+
+
+def section_name(backend: str, family: str) -> str:
+    """The section of ``backend``'s measurements of one family of ``FAMILIES``: ``cpu``, ``cpu_second``, ..."""
+    return backend if family == "first" else f"{backend}_{family}"
 
 
 def page(sections: dict[str, str], existing: str = "") -> str:
@@ -175,9 +195,9 @@ def _wrap(name, body):
     return f"<!-- BEGIN {name} -->\n{body.rstrip()}\n<!-- END {name} -->\n"
 
 
-def section(backend: str, results: dict, environment: dict, *, tiny: bool) -> str:
-    """One backend's measurements: where and how they were taken, then the tables."""
-    lines = _heading(_TITLES.get(backend, backend), environment, tiny)
+def section(name: str, results: dict, environment: dict, *, tiny: bool) -> str:
+    """The section ``name`` (see ``section_name``): where and how it was measured, then the tables."""
+    lines = _heading(_TITLES.get(name, name), environment, tiny)
     tables = [
         ("Targets", _targets_table(results)),
         ("Training steps", _steps_table(results)),
@@ -302,7 +322,7 @@ def _ops_table(results):
                          _ms(r.times.get((pass_, AUTODIFF))), *(_ms(r.times.get((pass_, s))) for s in TORCH),
                          _times(r.ratio(pass_, AUTODIFF)), _times(r.ratio(pass_, PYTORCH_BEST)),
                          _checks(r) if pass_ == FWD_BWD else ""])
-    header = ["op", "pass", "purebp (ms)", "autodiff (ms)", "PyTorch NCHW (ms)", "PyTorch channels-last (ms)",
+    header = ["op", "pass", "purebp (ms)", "autodiff (ms)", "PyTorch (ms)", "PyTorch channels-last (ms)",
               "purebp / autodiff", "purebp / PyTorch best", "check"]
     return _table(header, rows) if rows else []
 
@@ -352,13 +372,47 @@ def _targets_table(results):
     for name in ("conv_first", "conv_second", "conv_wide", "conv_transpose"):
         ratio_target(name, FWD_BWD, AUTODIFF, 0.5)
         ratio_target(name, FWD_BWD, PYTORCH_BEST, 1.5)  # an aim rather than a requirement
+    for name in FAMILIES["second"]:
+        ratio_target(name, FWD_BWD, AUTODIFF, 1.1)
+    for name, (what, limit_of) in _RESIDUAL_TARGETS.items():
+        if name in results:
+            mine, limit = results[name].residual_bytes[PUREBP], limit_of(results[name].workload.args[0])
+            rows.append([f"{results[name].workload.label}, residual bytes ≤ {what} ({_mib(limit)})", _mib(mine),
+                         _verdict(mine, mine <= limit)])
     measured = [r for r in results.values() if r.residual_bytes]
-    if measured:
-        over = [r.name for r in measured if r.residual_bytes[PUREBP] > r.residual_bytes[AUTODIFF]]
-        rows.append(["residual bytes ≤ autodiff, every op and model",
-                     f"{len(measured) - len(over)} of {len(measured)}" + (f" (over: {', '.join(over)})" if over else ""),
-                     "met" if not over else "missed"])
+    rows += _residuals_against_autodiff("residual bytes ≤ autodiff, every op and model", measured, FAMILIES["first"],
+                                        lambda mine, theirs: mine <= theirs)
+    rows += _residuals_against_autodiff("residual bytes < autodiff, every op", measured, FAMILIES["second"],
+                                        lambda mine, theirs: mine < theirs)
     return _table(["target", "measured", "met"], rows) if rows else []
+
+
+# Issue 15's residual-bytes targets, as bounds in bytes of the op's input x, (rows, features): one
+# array of x's size where the rule keeps z alone; for the norms, x "+ per-row stats", i.e. x and
+# vectors (μ and 1/σ per row or channel, and γ: at most two float32 per row and two per feature);
+# for dropout, a boolean mask, a byte an element (purebp keeps it as bits, an eighth of that).
+_RESIDUAL_TARGETS = {
+    "gelu": ("x", lambda x: x.nbytes),
+    "gelu_erf": ("x", lambda x: x.nbytes),
+    "silu": ("x", lambda x: x.nbytes),
+    "layer_norm": ("x + per-row stats", lambda x: x.nbytes + 4 * 2 * sum(x.shape)),
+    "batch_norm": ("x + per-channel stats", lambda x: x.nbytes + 4 * 2 * sum(x.shape)),
+    "dropout": ("a bool mask", lambda x: x.size),
+}
+
+
+def _residuals_against_autodiff(target, measured, family, met):
+    """The row of ``target``: how many of ``family``'s measured workloads keep residual bytes that ``met``."""
+    measured = [r for r in measured if r.name in family]
+    if not measured:
+        return []
+    over = [r.name for r in measured if not met(r.residual_bytes[PUREBP], r.residual_bytes[AUTODIFF])]
+    return [[target, f"{len(measured) - len(over)} of {len(measured)}" + (f" (not: {', '.join(over)})" if over else ""),
+             "met" if not over else "missed"]]
+
+
+def _mib(size):
+    return f"{size / 2 ** 20:.2f} MiB"
 
 
 def _verdict(value, met):

@@ -1,9 +1,10 @@
 """The benchmark runner behind ``python -m benchmarks``: every workload, every system, one page.
 
 For each workload of ``benchmarks.workloads`` it builds the purebp and autodiff versions (and,
-on CPU with torch installed, the PyTorch ones), checks once that purebp and autodiff compute the
-same thing, measures compile times and residual bytes, times all systems interleaved, and writes
-``docs/benchmarks.md`` (``benchmarks.report``). On CPU it also runs ``benchmarks.sharded``, the CNN
+on CPU with torch installed, the PyTorch ones), checks once that purebp and autodiff (and, for
+ops, PyTorch) compute the same thing, measures compile times and residual bytes, times all
+systems interleaved, and writes ``docs/benchmarks.md`` (``benchmarks.report``), a section for each
+family of workloads. On CPU it also runs ``benchmarks.sharded``, the CNN
 step on 8 simulated devices under Auto and Explicit mesh axes, in a process of its own, into a
 section of its own. Timings are never asserted: the runner is run by hand;
 ``tests/test_benchmarks.py`` runs it on tiny sizes.
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     names = args.only or (*workloads.NAMES, *((SHARDED,) if backend == "cpu" else ()))
     sections, failed = {}, []
     if set(names) & set(workloads.NAMES):
-        sections[backend], failed = _single_device(argv, args, backend, names)
+        sections, failed = _single_device(argv, args, backend, names)
     if SHARDED in names:
         sections[SHARDED], sharded_failed = _sharded(argv, args)
         failed += sharded_failed
@@ -107,19 +108,29 @@ def main(argv=None) -> int:
 
 
 def _single_device(argv, args, backend, names):
-    """The backend's section for the workloads of ``names``, and the sanity checks that failed."""
+    """The backend's sections, one per family of the workloads of ``names``, and the sanity checks that failed.
+
+    Each family is measured apart, with its own load averages, so that its section says how busy
+    the machine was while it ran.
+    """
     torch_eager = _torch_eager(backend)
     sizes = workloads.TINY if args.tiny else workloads.FULL
     chosen = [w for w in workloads.all_workloads(sizes) if w.name in names]
     tolerance = CPU_TOLERANCE if backend == "cpu" else ACCELERATOR_TOLERANCE
-    load_before = _load_average()
-    results = {}
-    for workload in chosen:
-        print(f"{workload.label} ...", file=sys.stderr, flush=True)
-        results[workload.name] = run_workload(workload, torch_eager, args, tolerance)
-    environment = _environment(argv, args, torch_eager, load_before)
-    failed = [f"{r.name}: {c.what}" for r in results.values() for c in r.checks if not c.ok]
-    return report.section(backend, results, environment, tiny=args.tiny), failed
+    sections, failed = {}, []
+    for family, members in workloads.FAMILIES.items():
+        if not set(members) & set(names):
+            continue
+        load_before = _load_average()
+        results = {}
+        for workload in (w for w in chosen if w.name in members):
+            print(f"{workload.label} ...", file=sys.stderr, flush=True)
+            results[workload.name] = run_workload(workload, torch_eager, args, tolerance)
+        environment = _environment(argv, args, torch_eager, load_before)
+        failed += [f"{r.name}: {c.what}" for r in results.values() for c in r.checks if not c.ok]
+        section = report.section_name(backend, family)
+        sections[section] = report.section(section, results, environment, tiny=args.tiny)
+    return sections, failed
 
 
 def _sharded(argv, args):
@@ -202,32 +213,72 @@ def _torch_steps(workload, torch_eager):
 
 def _run_op(workload, torch_eager, args, tolerance):
     functions = {PUREBP: workload.purebp, AUTODIFF: workload.autodiff}
-    inputs = workload.args
+    inputs, argnums = workload.args, workload.argnums
     out = jax.eval_shape(workload.purebp, *inputs)
     g = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape), out.dtype)
     # backward alone: the VJP function, a pytree whose leaves are the residuals, applied to g. The
     # residuals come from a jitted forward, as in a training step (and with no eager compiles).
+    # fwd+bwd returns the output with the cotangents: a training step uses both, and XLA would
+    # otherwise drop whatever of the forward pass the backward does not read. Every arg, held ones
+    # too, is an argument of the jitted functions: a key closed over as a constant would let XLA
+    # fold dropout's mask into the program.
     apply_vjp = jax.jit(lambda vjp_fn, g: vjp_fn(g))
-    vjp_fns = {system: jax.jit(lambda inputs, f=f: jax.vjp(f, *inputs)[1])(inputs) for system, f in functions.items()}
-    forward_backward = {system: jax.jit(lambda inputs, g, f=f: jax.vjp(f, *inputs)[1](g))
+    vjp_fns = {system: jax.jit(lambda inputs, f=f: _vjp(f, inputs, argnums)[1])(inputs)
+               for system, f in functions.items()}
+    forward_backward = {system: jax.jit(lambda inputs, g, f=f: _output_and_cotangents(f, inputs, argnums, g))
                         for system, f in functions.items()}
     result = Result(workload)
     for system in functions:
         result.compile_seconds[(BACKWARD, system)] = compile_seconds(apply_vjp, vjp_fns[system], g)
         result.compile_seconds[(FWD_BWD, system)] = compile_seconds(forward_backward[system], inputs, g)
-    cotangents = [forward_backward[system](inputs, g) for system in functions]
-    result.checks.append(Check("vs autodiff (cotangents)", relative_difference(*cotangents), tolerance))
-    result.residual_bytes = {system: _residual_bytes(f, *inputs) for system, f in functions.items()}
+    mine, theirs = (forward_backward[system](inputs, g) for system in functions)
+    result.checks.append(Check("vs autodiff (output, cotangents)", relative_difference(mine, theirs), tolerance))
+    result.residual_bytes = {system: _residual_bytes(_of_differentiated(f, inputs, argnums),
+                                                     *(inputs[i] for i in argnums))
+                             for system, f in functions.items()}
     calls = {}
     for system in functions:
         calls[(BACKWARD, system)] = _blocking(apply_vjp, vjp_fns[system], g)
         calls[(FWD_BWD, system)] = _blocking(forward_backward[system], inputs, g)
     if torch_eager:
-        for layout, system in report.TORCH_LAYOUTS.items():
-            backward, both = torch_eager.op_passes(workload.op, inputs, workload.torch_options, g, layout)
+        differences = []
+        for layout, system in _torch_layouts(workload):
+            backward, both, torch_results = torch_eager.op_passes(workload.op, inputs, argnums,
+                                                                  workload.torch_options, g, layout)
             calls[(BACKWARD, system)], calls[(FWD_BWD, system)] = backward, both
+            differences.append(relative_difference(torch_results, mine))
+        if workload.torch_checked:
+            result.checks.append(Check("vs PyTorch (output, cotangents)", max(differences), tolerance))
     result.times = time_interleaved(calls, warmup=args.warmup, repeats=args.repeats)
     return result
+
+
+def _vjp(f, args, argnums):
+    """``jax.vjp`` of ``f`` at ``args`` with respect to the args at ``argnums``."""
+    return jax.vjp(_of_differentiated(f, args, argnums), *(args[i] for i in argnums))
+
+
+def _output_and_cotangents(f, args, argnums, g):
+    """fwd+bwd: ``f``'s output at ``args``, and the cotangents of the args at ``argnums`` for ``g``."""
+    y, vjp_fn = _vjp(f, args, argnums)
+    return y, vjp_fn(g)
+
+
+def _of_differentiated(f, args, argnums):
+    """``f`` as a function of the args at ``argnums`` alone, the others held at their values in ``args``."""
+    def of_differentiated(*differentiated):
+        every = list(args)
+        for i, value in zip(argnums, differentiated, strict=True):
+            every[i] = value
+        return f(*every)
+
+    return of_differentiated
+
+
+def _torch_layouts(workload):
+    """The (layout, system) pairs of ``report.TORCH_LAYOUTS`` that the op runs in: both for images, else the default."""
+    pairs = list(report.TORCH_LAYOUTS.items())
+    return pairs if np.ndim(workload.args[0]) == 4 else pairs[:1]
 
 
 def _residual_bytes(fn, *args) -> int:

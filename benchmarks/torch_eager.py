@@ -1,8 +1,9 @@
 """PyTorch eager versions of the workloads (float32, CPU), built from the same arrays and parameters.
 
 Importing this module needs torch (the ``bench`` extra); the runner leaves PyTorch out without it.
-Each convolution workload runs in two memory formats: ``NCHW`` (torch's default) and
-``channels-last`` (``torch.channels_last``: NHWC in memory, often faster on CPU). Models are
+Each image workload (4-D: the CNN, the pools and convolutions) runs in two memory formats: ``NCHW``
+(torch's default) and ``channels-last`` (``torch.channels_last``: NHWC in memory, often faster on
+CPU); the second family's 2-D ops need no conversion and run in the default alone. Models are
 ``torch.nn`` modules with the JAX parameters copied in, so their first loss matches purebp's.
 """
 from __future__ import annotations
@@ -20,7 +21,19 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels-last": torch.channels_last}
-_FUNCTIONS = {"max_pool": F.max_pool2d, "conv": F.conv2d, "conv_transpose": F.conv_transpose2d}
+# purebp's ops by name, each taking purebp's args in purebp's order (as tensors) and torch's options.
+_FUNCTIONS = {
+    "max_pool": F.max_pool2d, "conv": F.conv2d, "conv_transpose": F.conv_transpose2d,
+    "gelu": F.gelu, "silu": F.silu, "softplus": F.softplus, "log_sigmoid": F.logsigmoid,
+    "leaky_relu": F.leaky_relu, "embedding": F.embedding,
+    # torch takes the normalised shape as an argument where purebp normalises over `axis`, the last
+    "layer_norm": lambda x, scale, bias, **options: F.layer_norm(x, x.shape[-1:], scale, bias, **options),
+    "rms_norm": lambda x, scale, **options: F.rms_norm(x, x.shape[-1:], scale, **options),
+    "dropout": lambda x, key, **options: F.dropout(x, **options),  # torch draws from its own generator
+    # torch updates the running statistics in place (purebp returns new ones): the tensors are copies
+    "batch_norm": lambda x, scale, bias, stats, **options: F.batch_norm(x, stats["mean"], stats["var"], scale, bias,
+                                                                       **options),
+}
 # JAX's channels-last arrays to torch's logical NCHW: activations (N, H, W, C) -> (N, C, H, W);
 # conv kernels (kh, kw, in, out) -> (out, in, kh, kw); conv_transpose kernels -> (in, out, kh, kw).
 _TO_NCHW = {"activation": (0, 3, 1, 2), "conv": (3, 2, 0, 1), "conv_transpose": (2, 3, 0, 1)}
@@ -105,22 +118,23 @@ def cnn_step(params, x, labels, learning_rate, momentum, layout):
     return _train_step(model, x, _tensor(labels).long(), learning_rate, momentum)
 
 
-def op_passes(op, args, torch_options, cotangent, layout):
-    """``(backward, forward_backward)`` of one op on ``args``, JAX's channels-last arrays.
+def op_passes(op, args, argnums, torch_options, cotangent, layout):
+    """``(backward, forward_backward, results)`` of one op on ``args``, JAX's channels-last arrays.
 
-    ``backward`` applies the saved graph to ``cotangent`` (``retain_graph``, so it can run again);
-    ``forward_backward`` runs the op and then its backward. Raises ValueError where torch's output
-    shape differs from the cotangent's, i.e. where ``torch_options`` do not spell the JAX op.
+    Both passes differentiate with respect to the args at ``argnums``. ``backward`` applies the
+    saved graph to ``cotangent`` (``retain_graph``, so it can run again); ``forward_backward`` runs
+    the op and then its backward. ``results`` are the output and backward's cotangents, as numpy
+    arrays in JAX's layout. Raises ValueError where torch's output shape differs from the
+    cotangent's, i.e. where ``torch_options`` do not spell the JAX op.
     """
-    x, *weights = args
     layout = LAYOUTS[layout]
-    inputs = [_tensor(x, _TO_NCHW["activation"], layout)]
-    inputs += [_tensor(w, _TO_NCHW.get(op) if w.ndim == 4 else None, layout) for w in weights]
+    tensors = [_argument(op, position, arg, layout) for position, arg in enumerate(args)]
+    inputs = [tensors[position] for position in argnums]
     for tensor in inputs:
         tensor.requires_grad_()
     function = _FUNCTIONS[op]
-    y = function(*inputs, **torch_options)
-    g = _tensor(cotangent, _TO_NCHW["activation"], layout)
+    y = function(*tensors, **torch_options)
+    g = _tensor(cotangent, _to_nchw(op, 0, cotangent), layout)
     if y.shape != g.shape:
         raise ValueError(f"torch's {op} with {torch_options} gives shape {tuple(y.shape)}, JAX's {tuple(g.shape)}.")
 
@@ -128,6 +142,30 @@ def op_passes(op, args, torch_options, cotangent, layout):
         return torch.autograd.grad(y, inputs, g, retain_graph=True)
 
     def forward_backward():
-        return torch.autograd.grad(function(*inputs, **torch_options), inputs, g)
+        return torch.autograd.grad(function(*tensors, **torch_options), inputs, g)
 
-    return backward, forward_backward
+    cotangents = [_array(t, _to_nchw(op, position, args[position])) for position, t in zip(argnums, backward())]
+    return backward, forward_backward, (_array(y, _to_nchw(op, 0, cotangent)), cotangents)
+
+
+def _argument(op, position, arg, layout):
+    """One of the op's args as torch's: an array as a tensor, a dict of them (batch_norm's stats) as a dict."""
+    if isinstance(arg, dict):
+        return {name: _tensor(value) for name, value in arg.items()}
+    return _tensor(arg, _to_nchw(op, position, arg), layout)
+
+
+def _to_nchw(op, position, array):
+    """The permutation of ``_TO_NCHW`` that takes the op's arg at ``position`` to torch's layout, if it has one.
+
+    Only images and kernels (4-D) have one: the first arg is the activation, the later ones weights.
+    """
+    if np.ndim(array) != 4:
+        return None
+    return _TO_NCHW["activation"] if position == 0 else _TO_NCHW[op]
+
+
+def _array(tensor, permutation):
+    """A torch result as a numpy array in JAX's layout: ``_tensor``'s inverse."""
+    array = tensor.detach().numpy()
+    return array if permutation is None else array.transpose(np.argsort(permutation))

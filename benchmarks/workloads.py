@@ -34,12 +34,14 @@ class Sizes:
     image: int  # side of the CNN's one-channel square images, and of the ops' inputs
     features: tuple[int, int]  # the CNN's two convolutions' widths, also the ops' channels
     up_features: int  # conv_transpose's output channels
+    rows: tuple[int, int]  # the second family's input (rows, features): a batch of token vectors
+    vocabulary: int  # rows of embedding's table, of the second family's feature width
 
 
 FULL = Sizes(matmul=1024, mlp_batch=256, mlp_widths=(784, 1024, 1024, 10), batch=128, image=28,
-             features=(32, 64), up_features=16)
+             features=(32, 64), up_features=16, rows=(8192, 1024), vocabulary=32768)
 TINY = Sizes(matmul=64, mlp_batch=8, mlp_widths=(32, 64, 64, 10), batch=2, image=8, features=(4, 8),
-             up_features=2)
+             up_features=2, rows=(16, 32), vocabulary=64)
 
 
 @dataclass(frozen=True)
@@ -69,20 +71,38 @@ class StepWorkload:
 
 @dataclass(frozen=True)
 class OpWorkload:
-    """One op on ``args``, with purebp's keyword ``options`` and the same op's in PyTorch."""
+    """One op on ``args``, with purebp's keyword ``options`` and the same op's in PyTorch.
+
+    It is differentiated with respect to the args at the positions ``wrt`` (every arg if None), the
+    others held fixed (dropout's key, embedding's ids), and, where the op returns several outputs,
+    for the one at ``output`` alone (batch_norm's y, not its new statistics).
+    """
 
     name: str
     label: str
-    op: str  # "max_pool", "conv" or "conv_transpose": the function in purebp and in purebp.reference
+    op: str  # the function's name in purebp, in purebp.reference and in torch_eager
     args: tuple
     options: dict = field(default_factory=dict)
     torch_options: dict = field(default_factory=dict)
+    wrt: tuple[int, ...] | None = None
+    output: int | None = None
+    # Whether PyTorch's output and cotangents must equal purebp's: not where torch_options spell the
+    # same work but another function (dropout's own mask; windows placed one step off, a kernel flipped).
+    torch_checked: bool = True
+
+    @property
+    def argnums(self) -> tuple[int, ...]:
+        """The positions of the args differentiated."""
+        return tuple(range(len(self.args))) if self.wrt is None else self.wrt
 
     def purebp(self, *args):
-        return getattr(purebp, self.op)(*args, **self.options)
+        return self._output(getattr(purebp, self.op)(*args, **self.options))
 
     def autodiff(self, *args):
-        return getattr(reference, self.op)(*args, **self.options)
+        return self._output(getattr(reference, self.op)(*args, **self.options))
+
+    def _output(self, out):
+        return out if self.output is None else out[self.output]
 
 
 def _normal(rng, shape, scale=1.0):
@@ -172,14 +192,14 @@ def ops(sizes: Sizes, rng) -> list[OpWorkload]:
     def kernel(c_in, c_out):  # LeCun scale keeps activations O(1)
         return _normal(rng, (3, 3, c_in, c_out), (9 * c_in) ** -0.5), _normal(rng, (c_out,), 0.1)
 
-    def pool(name, window, stride, padding, torch_padding):
+    def pool(name, window, stride, padding, torch_padding, torch_checked=True):
         label = f"max_pool {window}×{window}/{stride} {padding}, {_shape(pooled)}"
         return OpWorkload(name, label, "max_pool", (pooled,), dict(window=window, stride=stride, padding=padding),
-                          dict(kernel_size=window, stride=stride, padding=torch_padding))
+                          dict(kernel_size=window, stride=stride, padding=torch_padding), torch_checked=torch_checked)
 
     return [
         pool("max_pool", 2, 2, "VALID", 0),
-        pool("max_pool_overlap", 3, 2, "SAME", 1),
+        pool("max_pool_overlap", 3, 2, "SAME", 1, torch_checked=False),  # torch's windows start a row earlier
         pool("max_pool_stride1", 3, 1, "SAME", 1),
         OpWorkload("conv_first", f"conv 3×3 SAME, {_shape(image)} → {f1}", "conv", (image, *kernel(1, f1)),
                    dict(padding="SAME"), dict(padding=1)),
@@ -187,20 +207,67 @@ def ops(sizes: Sizes, rng) -> list[OpWorkload]:
                    dict(padding="SAME"), dict(padding=1)),
         OpWorkload("conv_wide", f"conv 3×3 SAME, {_shape(pooled)} → {f2}", "conv", (pooled, *kernel(f1, f2)),
                    dict(padding="SAME"), dict(padding=1)),
+        # torch's conv_transpose2d flips the kernel, and its padding 1 crops one row and column
+        # more at the start than SAME: the same work on other numbers
         OpWorkload("conv_transpose", f"conv_transpose 3×3/2 SAME, {_shape(small)} → {up}", "conv_transpose",
                    (small, *kernel(f1, up)), dict(stride=2, padding="SAME"),
-                   dict(stride=2, padding=1, output_padding=1)),
+                   dict(stride=2, padding=1, output_padding=1), torch_checked=False),
+    ]
+
+
+def second_family(sizes: Sizes, rng) -> list[OpWorkload]:
+    """Issue 15's ops on one batch of token vectors x, ``(rows, features)``: activations, norms, dropout, embedding.
+
+    embedding looks up ``rows`` ids in a ``(vocabulary, features)`` table, so that its output has
+    x's shape; batch_norm takes the features as its channels, from running statistics 0 and 1.
+    Options are spelled out where they are the defaults too, to match PyTorch's.
+    """
+    (n, c), vocabulary = sizes.rows, sizes.vocabulary
+    x = _normal(rng, (n, c))
+    scale, bias = 1 + _normal(rng, (c,), 0.1), _normal(rng, (c,), 0.1)
+    ids, table = jnp.asarray(rng.integers(0, vocabulary, n), jnp.int32), _normal(rng, (vocabulary, c))
+    stats = {"mean": jnp.zeros(c), "var": jnp.ones(c)}
+    shape = _shape(x)
+
+    def elementwise(name, op, what, options=None, torch_options=None):
+        return OpWorkload(name, f"{what}, {shape}", op, (x,), options or {}, torch_options or {})
+
+    return [
+        elementwise("gelu", "gelu", "gelu (tanh)", dict(approximate=True), dict(approximate="tanh")),
+        elementwise("gelu_erf", "gelu", "gelu (erf)", dict(approximate=False), dict(approximate="none")),
+        elementwise("silu", "silu", "silu"),
+        elementwise("softplus", "softplus", "softplus"),
+        elementwise("log_sigmoid", "log_sigmoid", "log_sigmoid"),
+        elementwise("leaky_relu", "leaky_relu", "leaky_relu 0.01", dict(negative_slope=0.01),
+                    dict(negative_slope=0.01)),
+        OpWorkload("layer_norm", f"layer_norm, {shape}", "layer_norm", (x, scale, bias), dict(epsilon=1e-6),
+                   dict(eps=1e-6)),
+        OpWorkload("rms_norm", f"rms_norm, {shape}", "rms_norm", (x, scale), dict(epsilon=1e-6), dict(eps=1e-6)),
+        OpWorkload("dropout", f"dropout 0.1, {shape}", "dropout", (x, jax.random.PRNGKey(0)), dict(rate=0.1),
+                   dict(p=0.1, training=True), wrt=(0,), torch_checked=False),
+        OpWorkload("embedding", f"embedding, {n} ids into ({vocabulary}, {c})", "embedding", (ids, table),
+                   wrt=(1,)),
+        # torch's momentum weighs the batch's statistics, purebp's (flax's) the running ones
+        OpWorkload("batch_norm", f"batch_norm (train), {shape}", "batch_norm", (x, scale, bias, stats),
+                   dict(train=True, momentum=0.99, epsilon=1e-5), dict(training=True, momentum=0.01, eps=1e-5),
+                   wrt=(0, 1, 2), output=0),
     ]
 
 
 def all_workloads(sizes: Sizes, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
-    return [matmul(sizes, rng), mlp(sizes, rng), cnn(sizes, rng), *ops(sizes, rng)]
+    return [matmul(sizes, rng), mlp(sizes, rng), cnn(sizes, rng), *ops(sizes, rng), *second_family(sizes, rng)]
 
 
-# The workloads' names, in all_workloads' order (the CLI's --only choices, before anything is built).
-NAMES = ("matmul", "mlp", "cnn", "max_pool", "max_pool_overlap", "max_pool_stride1", "conv_first", "conv_second",
-         "conv_wide", "conv_transpose")
+# The workloads' names by family, in all_workloads' order (the CLI's --only choices, before
+# anything is built). Each family has a section of the page to itself (benchmarks.report).
+FAMILIES = {
+    "first": ("matmul", "mlp", "cnn", "max_pool", "max_pool_overlap", "max_pool_stride1", "conv_first",
+              "conv_second", "conv_wide", "conv_transpose"),
+    "second": ("gelu", "gelu_erf", "silu", "softplus", "log_sigmoid", "leaky_relu", "layer_norm", "rms_norm",
+               "dropout", "embedding", "batch_norm"),
+}
+NAMES = tuple(name for names in FAMILIES.values() for name in names)
 
 
 def _init(rng, model, input_shape):
