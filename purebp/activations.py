@@ -191,8 +191,9 @@ def _gelu_bwd(approximate, z, g):  # (z, ct y) -> (ct z,)
     if approximate:  # d/dz z σ(2u) = σ(2u) + z · 2σ(2u)σ(−2u) · u′
         u, du = _gelu_u(x), _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
         slope = lax.logistic(2 * u) * (1 + 2 * x * lax.logistic(-2 * u) * du)
-    else:  # Φ(z) + z φ(z)
-        slope = 0.5 * lax.erfc(-x * math.sqrt(0.5)) + x * jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    else:  # Φ(z) + z φ(z), φ's exponent −t² with erfc's own t = −z/√2, so that XLA computes one exp for both
+        t = -x * math.sqrt(0.5)
+        slope = 0.5 * lax.erfc(t) + x * jnp.exp(-t * t) / math.sqrt(2 * math.pi)
     return (g * slope.astype(g.dtype),)
 
 
@@ -242,9 +243,10 @@ silu = jax.jit(silu)  # one program per call (purebp/__init__.py)
 def softplus(z):
     r"""Softplus y = log(1 + e^z), finite in value and gradient for every finite ``z``, as ``jax.nn.softplus``.
 
-    Backward: z̄ = ȳ·σ(z) = ȳ·(1 − e^(−y)), from the saved output, computed as −expm1(−y), which
-    keeps its digits where y is tiny (z very negative, σ(z) ≈ y); in bfloat16 and float16, whose
-    rounding of y would reach σ (and σ′, at second order), as σ(z) in float32 from the saved input.
+    Backward: z̄ = ȳ·σ(z) = ȳ·(1 − e^(−y)), from the saved output, computed as 2t/(1 + t) with
+    t = tanh(y/2) (−expm1(−y), but cheaper), which keeps its digits where y is tiny (z very
+    negative, σ(z) ≈ y); in bfloat16 and float16, whose rounding of y would reach σ (and σ′, at
+    second order), as σ(z) in float32 from the saved input.
 
     Args:
       z: floating array of any shape.
@@ -272,7 +274,7 @@ def _softplus_fwd(z):
 def _softplus_bwd(res, g):  # (softplus z, or z in low precision; ct y) -> (ct z,)
     if jnp.dtype(res.dtype) in _static.LOW_PRECISION:
         return (g * lax.logistic(res.astype(jnp.float32)).astype(g.dtype),)
-    return (g * -jnp.expm1(-res),)  # σ(z) = 1 − e^{−softplus(z)}
+    return (g * _one_minus_exp_of_minus(res),)  # σ(z) = 1 − e^{−softplus(z)}
 
 
 softplus.defvjp(_softplus_fwd, _softplus_bwd)
@@ -283,8 +285,8 @@ softplus = jax.jit(softplus)  # one program per call (purebp/__init__.py)
 def log_sigmoid(z):
     r"""Log-sigmoid y = log σ(z) = −softplus(−z), finite in value and gradient for every finite ``z``.
 
-    Backward: z̄ = ȳ·σ(−z) = ȳ·(1 − e^y), from the saved output, computed as −expm1(y), which keeps
-    its digits where y is tiny (z large, σ(−z) ≈ −y); in bfloat16 and float16 as σ(−z) in float32
+    Backward: z̄ = ȳ·σ(−z) = ȳ·(1 − e^y), from the saved output, computed as softplus's
+    1 − e^(−a) at a = −y, which keeps its digits where y is tiny (z large, σ(−z) ≈ −y); in bfloat16 and float16 as σ(−z) in float32
     from the saved input, as softplus.
 
     Args:
@@ -313,11 +315,20 @@ def _log_sigmoid_fwd(z):
 def _log_sigmoid_bwd(res, g):  # (log σ(z), or z in low precision; ct y) -> (ct z,)
     if jnp.dtype(res.dtype) in _static.LOW_PRECISION:
         return (g * lax.logistic(-res.astype(jnp.float32)).astype(g.dtype),)
-    return (g * -jnp.expm1(res),)  # σ(−z) = 1 − σ(z) = 1 − e^{log σ(z)}
+    return (g * _one_minus_exp_of_minus(-res),)  # σ(−z) = 1 − σ(z) = 1 − e^{log σ(z)}
 
 
 log_sigmoid.defvjp(_log_sigmoid_fwd, _log_sigmoid_bwd)
 log_sigmoid = jax.jit(log_sigmoid)  # one program per call (purebp/__init__.py)
+
+
+def _one_minus_exp_of_minus(a):
+    """1 − e^(−a) for a ≥ 0, to full relative precision for tiny a, as −expm1(−a), but as
+    2t/(1 + t) with t = tanh(a/2) (since e^(−a) = (1 − t)/(1 + t)): XLA:CPU's expm1 costs about three
+    exps, which put softplus's fwd+bwd at 1.06-1.11× autodiff's at (8192, 1024); tanh, 0.975×, for
+    the same largest error against float64 over z in [−87, 30] (3.7e-7)."""
+    t = jnp.tanh(0.5 * a)
+    return 2 * t / (1 + t)
 
 
 def leaky_relu(z, negative_slope: float = 0.01):
