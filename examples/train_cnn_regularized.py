@@ -32,7 +32,7 @@ def model(dropout: float = 0.5):
         layers.Flatten(), layers.Dropout(dropout), layers.Dense(10))
 
 
-def run(*, epochs=8, learning_rate=0.05, batch_size=32, seed=0, checkpoint_dir=None, log=print):
+def run(*, epochs=8, learning_rate=0.01, batch_size=32, seed=0, checkpoint_dir=None, log=print):
     """Trains the network; returns its params, state, history and test metrics."""
     x_train, y_train, x_test, y_test = common.mnist(images=True)
     net = model()
@@ -60,7 +60,7 @@ def run(*, epochs=8, learning_rate=0.05, batch_size=32, seed=0, checkpoint_dir=N
 
 
 def main(argv=None):
-    args = common.parser(__doc__.splitlines()[0], epochs=8, learning_rate=0.05, batch_size=32).parse_args(argv)
+    args = common.parser(__doc__.splitlines()[0], epochs=8, learning_rate=0.01, batch_size=32).parse_args(argv)
     result = run(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
                  checkpoint_dir=args.checkpoint_dir)
     common.save_if_asked(args, {"params": result["params"], "state": result["state"]})

@@ -22,6 +22,7 @@ from purebp.activations import silu
 from purebp.activations import softmax
 from purebp.activations import softplus
 from purebp.activations import tanh
+from purebp.attention import dot_product_attention
 from purebp.convolution import conv
 from purebp.convolution import conv_transpose
 from purebp.embeddings import embedding

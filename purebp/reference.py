@@ -125,6 +125,29 @@ def dropout(x, key, rate, *, deterministic=False):
     return jnp.where(keep, x / (1 - rate), 0)
 
 
+def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+                          key_value_seq_lengths=None, query_block=None, key_block=None):
+    batched = query.ndim == 4
+    query, key, value = (a if batched else a[None] for a in (query, key, value))
+    (b, t, n, h), (s, k) = query.shape, key.shape[1:3]
+    key, value = (jnp.repeat(a, n // k, axis=2) for a in (key, value))  # each key/value head serves n // k
+    scale = 1 / h ** 0.5 if scale is None else scale
+    wide = jnp.promote_types(query.dtype, jnp.float32)
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=wide) * scale
+    if bias is not None:
+        logits = logits + jnp.asarray(bias, wide)
+    keep = jnp.ones((1, 1, t, s), bool)
+    if mask is not None:
+        keep = keep & mask
+    if is_causal:
+        keep = keep & jnp.tril(jnp.ones((t, s), bool))
+    if key_value_seq_lengths is not None:
+        keep = keep & (jnp.arange(s) < key_value_seq_lengths[:, None])[:, None, None, :]
+    logits = jnp.where(keep, logits, -0.7 * jnp.finfo(jnp.float32).max)  # jax.nn's finite masked logit
+    out = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, -1), value.astype(wide)).astype(query.dtype)
+    return out if batched else out[0]
+
+
 def _class_mask(where, logits, axis):
     if where is not None and jnp.ndim(where) != logits.ndim:  # a mask of whole rows, as optax
         where = jnp.expand_dims(where, axis)

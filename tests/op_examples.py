@@ -106,6 +106,8 @@ EXAMPLES = {
     # the key as a param: replicated across devices and shared by a batch, as a model's dropout key is
     "dropout": Example((normal(3, 8), Arg(lambda rng, batch: np.broadcast_to(np.array([0, 42], np.uint32), batch + (2,)),
                                           "param")), {"rate": 0.3}),
+    "dot_product_attention": Example((normal(2, 5, 4, 3), normal(2, 6, 2, 3), normal(2, 6, 2, 3)),
+                                     {"query_block": 2, "key_block": 4}),  # causal: test_attention's
     "dense": Example((normal(3, 4), normal(4, 5, role="param", scale=0.5), normal(5, role="param")), {}),
     "mlp": Example((mlp_params(4, 6, 3), normal(3, 4)), {"activation": "tanh", "output_activation": "sigmoid"}),
     "conv": Example((normal(2, 6, 6, 3), normal(3, 3, 3, 4, role="param", scale=0.2), normal(4, role="param")),

@@ -59,6 +59,7 @@ def test_only_the_sharded_step_replaces_its_section_and_keeps_the_rest(tmp_path,
     assert page.index("BEGIN cpu") < page.index(f"BEGIN {report.SHARDED}") < page.index("BEGIN gpu")
 
 
+@pytest.mark.slow  # a tiny run of two ops still compiles twelve programs: 7 s of the default run's budget
 def test_a_run_of_the_second_family_replaces_its_section_alone(tmp_path):
     output = tmp_path / "benchmarks.md"
     output.write_text(report.page({"cpu": "## CPU\n\nfirst family's tables\n"}))

@@ -92,6 +92,14 @@ def test_cnn_reaches_96_percent_on_mnist():
 
 
 @pytest.mark.slow
+def test_cnn_with_batch_norm_and_dropout_beats_the_plain_cnn_on_mnist():
+    """Measured: 97.3% (2-core Xeon), where train_cnn.py reaches 96.9% (96.5% at this one's learning rate)."""
+    result = example("train_cnn_regularized").run(log=quiet)
+    assert result["test_accuracy"] >= 0.97
+    assert set(result["state"][1]) == {"mean", "var"} and float(abs(result["state"][1]["mean"]).max()) > 0
+
+
+@pytest.mark.slow
 def test_data_parallel_cnn_reaches_97_percent():
     assert example("train_data_parallel").run(log=quiet)["test_accuracy"] >= 0.97
 

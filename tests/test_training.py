@@ -368,19 +368,19 @@ def test_a_step_with_state_and_a_key_carries_the_state_and_differentiates_the_pa
 def test_fit_threads_the_state_evaluates_with_it_and_resumes_it_bit_for_bit(rng, tmp_path):
     model, loss, params, state, data, evaluate = stateful_problem(rng)
     kwargs = dict(key=jax.random.PRNGKey(1), batch_size=16, log=None, state=state, has_key=True, evaluate_fn=evaluate)
-    straight = training.fit(loss, params, data, epochs=4, **kwargs)
-    assert straight.history[-1]["test_accuracy"] > 0.8 and straight.history[-1]["loss"] < straight.history[0]["loss"]
+    straight = training.fit(loss, params, data, epochs=3, **kwargs)
+    assert straight.history[-1]["test_accuracy"] > 0.75 and straight.history[-1]["loss"] < straight.history[0]["loss"]
     assert not np.allclose(straight.state[1]["mean"], 0)  # the running statistics moved
     trained_params, _, history = straight  # unpacks as a run without state does
-    assert trained_params is straight.params and len(history) == 4
-    training.fit(loss, params, data, epochs=2, checkpoint_dir=tmp_path, **kwargs)
-    resumed = training.fit(loss, params, data, epochs=4, checkpoint_dir=tmp_path, **kwargs)
+    assert trained_params is straight.params and len(history) == 3
+    training.fit(loss, params, data, epochs=1, checkpoint_dir=tmp_path, **kwargs)
+    resumed = training.fit(loss, params, data, epochs=3, checkpoint_dir=tmp_path, **kwargs)
     assert_same_run(resumed, straight)
     jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.state, straight.state)
     other = layers.serial(layers.Dense(16), layers.BatchNorm(), layers.Relu(), layers.Dense(2)).init_state((1, 5))
     with pytest.raises(ValueError, match=r"does not fit the model's `state`: at state/1/mean it holds float32\[16\], "
                                          r"where the model's `state` has nothing"):
-        training.fit(loss, params, data, epochs=4, checkpoint_dir=tmp_path, **{**kwargs, "state": other[:1]})
+        training.fit(loss, params, data, epochs=3, checkpoint_dir=tmp_path, **{**kwargs, "state": other[:1]})
 
 
 def test_fit_draws_a_new_dropout_key_each_step(rng):
