@@ -78,12 +78,13 @@ def _split(x, y, seed):
     return x_train, y_train, x_test, y_test
 
 
-def parser(description: str, *, epochs: int, learning_rate: float, batch_size: int) -> argparse.ArgumentParser:
-    """The options every example takes."""
+def parser(description: str, *, epochs: int, learning_rate: float, batch_size: int,
+           optimizer: str = "SGD, momentum 0.9") -> argparse.ArgumentParser:
+    """The options every example takes; ``optimizer`` names the one its learning rate is for."""
     cli = argparse.ArgumentParser(description=description)
     cli.add_argument("--epochs", type=int, default=epochs, help="passes over the training set (default %(default)s)")
     cli.add_argument("--learning-rate", type=float, default=learning_rate,
-                     help="SGD learning rate, momentum 0.9 (default %(default)s)")
+                     help=f"{optimizer} learning rate (default %(default)s)")
     cli.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (default %(default)s)")
     cli.add_argument("--seed", type=int, default=0, help="seed of the initialisation and shuffling (default 0)")
     cli.add_argument("--checkpoint-dir", metavar="DIR",
@@ -94,21 +95,22 @@ def parser(description: str, *, epochs: int, learning_rate: float, batch_size: i
 
 
 def train(loss, params, data, *, epochs, learning_rate, batch_size, seed, evaluate_fn=None, log=print, mesh=None,
-          checkpoint_dir=None, title="training", decay=False, state=None, has_key=False):
-    """``training.fit`` with SGD and momentum 0.9, shuffled from ``seed``; returns ``(fitted, seconds)``.
+          checkpoint_dir=None, title="training", decay=False, state=None, has_key=False, optimizer=optax.sgd):
+    """``training.fit``, by default with SGD and momentum 0.9, shuffled from ``seed``; returns ``(fitted, seconds)``.
 
     With a ``mesh``, data-parallel over its devices (see ``training.fit``). With a
     ``checkpoint_dir``, checkpointed there every epoch (run again, it resumes) and the training
     curve, titled ``title``, written beside the checkpoints. ``decay`` lowers the learning rate
     along a cosine to 0 at the last step. ``state`` and ``has_key`` as ``training.fit``'s, for
-    models with BatchNorm or Dropout.
+    models with BatchNorm or Dropout. ``optimizer`` makes the optax optimizer from the learning
+    rate: SGD (with momentum 0.9) by default, e.g. ``optax.adamw`` for a transformer.
     """
     steps = epochs * (len(data[0]) // batch_size)
     rate = optax.cosine_decay_schedule(learning_rate, steps) if decay else learning_rate
     start = time.perf_counter()
     fitted = training.fit(
         loss, params, data, key=jax.random.PRNGKey(seed + 1), epochs=epochs, batch_size=batch_size,
-        optimizer=optax.sgd(rate, momentum=0.9), evaluate_fn=evaluate_fn, log=log, mesh=mesh,
+        optimizer=optax.sgd(rate, momentum=0.9) if optimizer is optax.sgd else optimizer(rate), evaluate_fn=evaluate_fn, log=log, mesh=mesh,
         checkpoint_dir=checkpoint_dir, state=state, has_key=has_key)
     seconds = time.perf_counter() - start
     if checkpoint_dir is not None and jax.process_index() == 0:

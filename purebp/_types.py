@@ -85,6 +85,16 @@ def _axes(entry) -> tuple:
     return () if entry is None else entry if isinstance(entry, tuple) else (entry,)
 
 
+def full_beside(a, shape, fill, dtype, *others):
+    """An array of ``shape`` filled with ``fill``, typed as an intermediate of ``a``'s: its leading
+    (batch) dim split as ``a``'s, the others whole, varying over the manual axes ``a`` (and any of
+    ``others``) varies over. A loop's initial carry, which must have the type its body gives it back."""
+    out = jnp.full(shape, fill, dtype, out_sharding=named(a, *spec(a)[:1]))
+    if axes := _ordered(frozenset().union(*(vma(x) for x in (a, *others) if x is not None))):
+        out = lax.pcast(out, axes, to="varying")
+    return out
+
+
 def vma(a) -> frozenset:
     """The manual mesh axes ``a`` varies over: empty outside ``shard_map``."""
     return jax.typeof(a).manual_axis_type.varying

@@ -8,7 +8,7 @@ The forward pass takes the softmax online over blocks of keys: for each block of
 the running row maximum m, the running sum l of e^(s − m) and the running output, rescaled by
 e^(m_old − m_new) as m grows, and ends with o = acc / l and the log-sum-exp L = m + log l. The
 backward recomputes each block's probabilities P = e^(s − L) from the saved L, so what it keeps is
-q, k, v, o and one float32 L per (batch, head, query row): no T×S array, for the forward or the
+q, k, v, o (in float32 for bfloat16 and float16 inputs) and one float32 L per (batch, head, query row): no T×S array, for the forward or the
 backward, is ever alive (autodiff of the plain softmax(QKᵀ)V keeps two). With ``is_causal`` the blocks
 above the diagonal, whose every entry is masked, are skipped (``lax.cond``): half the FLOPs.
 Derivation: ``docs/derivations/attention.md``.
@@ -196,12 +196,15 @@ def _attention(blocks, scale, is_causal, bias_type, query, key, value, bias, mas
 
 
 def _attention_fwd(blocks, scale, is_causal, bias_type, query, key, value, bias, mask, lengths):
-    out, lse = _forward(blocks, scale, is_causal, query, key, value, bias, mask, lengths)
-    return out, (query, key, value, bias, mask, lengths, out, lse)
+    wide_out, lse = _forward(blocks, scale, is_causal, query, key, value, bias, mask, lengths)
+    out = wide_out.astype(query.dtype)
+    # O in float32 for bfloat16/float16 (the same array otherwise): D = rowsum(dO ∘ O) is subtracted from
+    # dP = dO·Vᵀ, and an O rounded to 8 bits would pass its rounding on where the two cancel
+    return out, (query, key, value, bias, mask, lengths, out if wide_out.dtype == out.dtype else wide_out, lse)
 
 
 def _forward(blocks, scale, is_causal, query, key, value, bias, mask, lengths):
-    """(o, L): the output in query's layout and dtype, and L (B, K, G, T) in float32 or wider."""
+    """(o, L): the output in query's layout, and L (B, K, G, T), both in float32 or wider."""
     (b, t, n, h), (_, s, kh, _) = query.shape, key.shape
     (bq, bk), g, wide = blocks, n // kh, _static.wide_dtype(query.dtype)
     tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
@@ -228,8 +231,8 @@ def _forward(blocks, scale, is_causal, query, key, value, bias, mask, lengths):
 
             return _if_needed(is_causal, q_start, bq, j * bk, update, carry), None
 
-        init = (jnp.full((b, kh, g, bq), -jnp.inf, wide), jnp.zeros((b, kh, g, bq), wide),
-                jnp.zeros((b, kh, g, bq, h), wide))
+        init = (_types.full_beside(query, (b, kh, g, bq), -jnp.inf, wide), _types.full_beside(query, (b, kh, g, bq), 0, wide),
+                _types.full_beside(query, (b, kh, g, bq, h), 0, wide))
         m, l, acc = lax.scan(key_step, init, jnp.arange(sp // bk))[0]
         return acc / l[..., None], m + jnp.log(l)
 
@@ -237,7 +240,7 @@ def _forward(blocks, scale, is_causal, query, key, value, bias, mask, lengths):
     out = jnp.moveaxis(out, 0, 3).reshape(b, kh, g, tp, h)[:, :, :, :t]
     lse = jnp.moveaxis(lse, 0, 3).reshape(b, kh, g, tp)[..., :t]
     out, lse = _fully_masked_rows(out, lse, value, s)
-    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h).astype(query.dtype), lse
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h), lse
 
 
 def _fully_masked_rows(out, lse, value, s):
@@ -290,12 +293,13 @@ def _attention_bwd(blocks, scale, is_causal, bias_type, res, g):
 
             return _if_needed(is_causal, i * bq, bq, k_start, update, carry), None
 
-        zeros = jnp.zeros((b, bk, kh, h), wide)
+        zeros = _types.full_beside(key, (b, bk, kh, h), 0, wide)
         dq, dk, dv, dbias = lax.scan(query_step, (dq, zeros, zeros, dbias), jnp.arange(tp // bq))[0]
         return (dq, dbias), (dk, dv)
 
-    dbias = None if bias is None else jnp.zeros(bias_g.shape, wide)
-    (dq, dbias), (dk, dv) = lax.scan(key_block, (jnp.zeros(q.shape, wide), dbias), jnp.arange(sp // bk))
+    dbias = None if bias is None else _types.full_beside(bias, bias_g.shape, 0, wide, query, key, value)
+    (dq, dbias), (dk, dv) = lax.scan(key_block, (_types.full_beside(query, q.shape, 0, wide), dbias),
+                                     jnp.arange(sp // bk))
     unblock = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, sp, kh, h)[:, :s]
     dk, dv = unblock(dk), unblock(dv)
     # the fully masked rows: P = 1/S on every key, so dV gains Σ_rows dO / S; no cotangent reaches q, k or bias

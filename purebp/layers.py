@@ -396,6 +396,87 @@ def Dropout(rate: float) -> Layer:
     return _layer(f"Dropout({rate})", _no_params, apply, takes={"key", "train"})
 
 
+def MultiHeadAttention(num_heads: int, qkv_features: int | None = None, out_features: int | None = None,
+                       is_causal: bool = False, *, w_init=initializers.lecun_normal(), b_init=initializers.zeros,
+                       param_dtype=jnp.float32) -> Layer:
+    """Self-attention over ``(B, T, D)``: ``dense`` projections to ``num_heads`` query, key and value
+    heads, ``purebp.dot_product_attention`` (blockwise, FlashAttention-2's backward) and an output
+    ``dense``. Params ``{"query", "key", "value", "out"}``, each ``{"w", "b"}``: ``(D, qkv_features)``
+    for the three projections, ``(qkv_features, out_features)`` for the output; both default to D.
+    """
+    num_heads = _static.positive_int(num_heads, "num_heads")
+    qkv_features, out_features = (None if f is None else _static.positive_int(f, name)
+                                  for f, name in ((qkv_features, "qkv_features"), (out_features, "out_features")))
+    _static.check_bool(is_causal, "is_causal")
+    param_dtype = _param_dtype(param_dtype)
+
+    def make_params(key, x):
+        _static.check_ndim(x, "x", "(B, T, D)", (3,))
+        d = x.shape[-1]
+        qkv, out = qkv_features or d, out_features or d
+        if qkv % num_heads:
+            raise ValueError(f"`qkv_features` ({qkv}) must be a multiple of `num_heads` ({num_heads}).")
+        shapes = {"query": (d, qkv), "key": (d, qkv), "value": (d, qkv), "out": (qkv, out)}
+        keys = jax.random.split(key, 2 * len(shapes))
+        return {name: {"w": w_init(keys[2 * i], shape, param_dtype), "b": b_init(keys[2 * i + 1], shape[1:], param_dtype)}
+                for i, (name, shape) in enumerate(shapes.items())}
+
+    def apply(params, x):
+        b, t, _ = x.shape
+        heads = lambda name: purebp.dense(x, params[name]["w"], params[name]["b"]).reshape(b, t, num_heads, -1)
+        o = purebp.dot_product_attention(heads("query"), heads("key"), heads("value"), is_causal=is_causal)
+        return purebp.dense(o.reshape(b, t, -1), params["out"]["w"], params["out"]["b"])
+
+    return _layer(f"MultiHeadAttention({num_heads})", make_params, apply, param_dtype)
+
+
+def PositionalEmbedding(max_length: int, *, embedding_init=initializers.normal(0.02), param_dtype=jnp.float32) -> Layer:
+    """Adds a learned embedding per position to ``(B, T, D)``, ``T ≤ max_length``: params
+    ``{"embedding": (max_length, D)}``, looked up with ``purebp.embedding`` (whose backward
+    scatter-adds into the rows used)."""
+    max_length, param_dtype = _static.positive_int(max_length, "max_length"), _param_dtype(param_dtype)
+
+    def make_params(key, x):
+        _static.check_ndim(x, "x", "(B, T, D)", (3,))
+        if x.shape[1] > max_length:
+            raise ValueError(f"the sequence's length {x.shape[1]} exceeds `max_length` ({max_length}).")
+        return {"embedding": embedding_init(key, (max_length, x.shape[-1]), param_dtype)}
+
+    def apply(params, x):
+        return x + purebp.embedding(jnp.arange(x.shape[1]), params["embedding"])
+
+    return _layer(f"PositionalEmbedding({max_length})", make_params, apply, param_dtype)
+
+
+def Residual(*layers: Layer) -> Layer:
+    """``x + serial(*layers)(x)``, a skip connection; params (and state) those of ``serial(*layers)``,
+    which must keep ``x``'s shape."""
+    inner = serial(*layers)
+
+    def init(key, input_shape):
+        output_shape, params = inner.init(key, input_shape)
+        if output_shape != tuple(input_shape):
+            raise ValueError(f"Residual adds its layers' output to their input: they must keep its shape "
+                             f"{tuple(input_shape)}, got {output_shape}.")
+        return output_shape, params
+
+    def apply(params, x, **context):
+        y = inner.apply(params, x, **context)
+        return (x + y[0], y[1]) if "state" in inner.takes else x + y
+
+    return Layer(init, apply, inner.init_state, inner.takes)
+
+
+def TransformerBlock(features: int, num_heads: int, mlp_features: int | None = None, is_causal: bool = False) -> Layer:
+    """The pre-norm transformer block on ``(B, T, features)``: ``x + attention(layer_norm(x))``, then
+    ``x + mlp(layer_norm(x))`` with the MLP ``Dense(mlp_features)``, ``Gelu``, ``Dense(features)``
+    (``mlp_features`` defaults to 4·features). Params: those of a ``serial`` of the two ``Residual`` layers."""
+    features = _static.positive_int(features, "features")
+    mlp_features = 4 * features if mlp_features is None else _static.positive_int(mlp_features, "mlp_features")
+    return serial(Residual(LayerNorm(), MultiHeadAttention(num_heads, is_causal=is_causal)),
+                  Residual(LayerNorm(), Dense(mlp_features), Gelu(), Dense(features)))
+
+
 def Flatten() -> Layer:
     """Flattens every dim after the batch dim; no params. (A reshape: its VJP is the inverse reshape.)"""
     return _layer("Flatten()", _no_params, lambda params, x: x.reshape(x.shape[0], math.prod(x.shape[1:])))

@@ -243,11 +243,11 @@ def batch_norm(x, scale, bias, stats, *, train: bool, momentum: float = 0.99, ep
     if not 0 <= momentum <= 1:
         raise ValueError(f"`momentum` must be in [0, 1] (the running statistics' decay), got {momentum!r}.")
     _check_axis_name(axis_name)
-    stats = jax.lax.stop_gradient(stats)  # statistics, not parameters: no cotangent
-    if not train:
-        return _batch_norm_eval(epsilon, _types.of(bias), x, scale, bias, stats["mean"], stats["var"]), stats
-    y, mean, var = _batch_norm_train(axis_name, epsilon, momentum, _types.of(bias), x, scale, bias, stats["mean"],
-                                     stats["var"])
+    if not train:  # the statistics, not parameters, get no cotangent (the rules give them none either)
+        y = _batch_norm_eval(epsilon, _types.of(bias), x, scale, bias, stats["mean"], stats["var"])
+        return y, jax.lax.stop_gradient(stats)
+    y, mean, var = _batch_norm_train(axis_name, epsilon, momentum, _types.of(bias), _types.of(stats["mean"]), x, scale,
+                                     bias, stats["mean"], stats["var"])
     return y, {"mean": mean, "var": var}
 
 
@@ -287,13 +287,14 @@ def _batch_mean(a, axes, axis_name):
                          f"use jax.shard_map, which works either way).") from None
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _batch_norm_train(axis_name, epsilon, momentum, bias_type, x, scale, bias, running_mean, running_var):
-    return _batch_norm_train_fwd(axis_name, epsilon, momentum, bias_type, x, scale, bias, running_mean,
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _batch_norm_train(axis_name, epsilon, momentum, bias_type, stats_type, x, scale, bias, running_mean, running_var):
+    return _batch_norm_train_fwd(axis_name, epsilon, momentum, bias_type, stats_type, x, scale, bias, running_mean,
                                  running_var)[0]
 
 
-def _batch_norm_train_fwd(axis_name, epsilon, momentum, bias_type, x, scale, bias, running_mean, running_var):
+def _batch_norm_train_fwd(axis_name, epsilon, momentum, bias_type, stats_type, x, scale, bias, running_mean,
+                          running_var):
     axes = tuple(range(x.ndim - 1))
     wide = x.astype(_static.wide_dtype(x.dtype))
     mean = _batch_mean(wide, axes, axis_name)
@@ -306,8 +307,8 @@ def _batch_norm_train_fwd(axis_name, epsilon, momentum, bias_type, x, scale, bia
     return (y.astype(x.dtype), moved(running_mean, mean), moved(running_var, var)), (x, mean, r, scale)
 
 
-def _batch_norm_train_bwd(axis_name, epsilon, momentum, bias_type, res, cotangents):
-    # ((x, μ, r, γ), (ct y, ct new mean, ct new var)) -> (ct x, ct γ, ct β, -, -)
+def _batch_norm_train_bwd(axis_name, epsilon, momentum, bias_type, stats_type, res, cotangents):
+    # ((x, μ, r, γ), (ct y, ct new mean, ct new var)) -> (ct x, ct γ, ct β, 0, 0)
     x, mean, r, scale = res
     g, dmean, dvar = cotangents
     axes, channel = tuple(range(x.ndim - 1)), (x.ndim - 1,)
@@ -321,11 +322,13 @@ def _batch_norm_train_bwd(axis_name, epsilon, momentum, bias_type, res, cotangen
     dmean, dvar = ((1 - momentum) * ct.astype(r.dtype) for ct in (dmean, dvar))
     dx = dx + (dmean + 2 * dvar * centred) / count
     dbias = None if bias_type is None else _types.like(g.sum(axes), bias_type)
-    return _types.like(dx, _types.of(g)), dscale, dbias, None, None
+    # the old statistics' zeros made here, in the rule's program: a None would be made outside it, eagerly
+    no_cotangent = _types.like(jnp.zeros(stats_type.shape, stats_type.dtype), stats_type)
+    return _types.like(dx, _types.of(g)), dscale, dbias, no_cotangent, no_cotangent
 
 
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-_batch_norm_train = jax.jit(_batch_norm_train, static_argnums=(0, 1, 2, 3))  # one program per call
+_batch_norm_train = jax.jit(_batch_norm_train, static_argnums=(0, 1, 2, 3, 4))  # one program per call
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))

@@ -427,8 +427,8 @@ def _per_example_metrics(apply_fn, loss_fn):
 class Fitted:
     """What ``fit`` returns: pass ``params``, ``opt_state`` (and ``state``) back to ``fit`` to train on.
 
-    Unpacks as ``params, opt_state, history = fit(...)``; a model's ``state`` (None without one) is
-    read by name.
+    Unpacks and indexes as the tuple ``(params, opt_state, history)``, as before ``state`` came; a
+    model's ``state`` (None without one) is read by name.
     """
     params: Any
     opt_state: Any
@@ -436,7 +436,13 @@ class Fitted:
     state: Any = None
 
     def __iter__(self):  # the three names a run unpacks to, with or without a model state
-        return iter((self.params, self.opt_state, self.history))
+        return iter(self[:])
+
+    def __getitem__(self, index):  # and indexed, as the named tuple it was: fitted[0] is the params
+        return (self.params, self.opt_state, self.history)[index]
+
+    def __len__(self):
+        return 3
 
 
 def fit(loss_fn: Callable, params, data: Sequence, *, key, epochs: int, batch_size: int,

@@ -105,8 +105,8 @@ def test_residuals_are_q_k_v_the_output_and_one_float32_log_sum_exp_per_row():
     assert residual_bytes(lambda q, k, v: purebp.dot_product_attention(q, k, v, is_causal=True), q, k, v) == expected
     twin = residual_bytes(lambda q, k, v: reference.dot_product_attention(q, k, v, is_causal=True), q, k, v)
     assert expected <= 0.12 * twin  # autodiff keeps the 256×256 probabilities, twice over
-    half = q.astype(jnp.bfloat16)  # bfloat16 inputs, float32 log-sum-exp
-    assert residual_bytes(purebp.dot_product_attention, half, half, half) == 4 * half.nbytes + 2 * 4 * 256 * 4
+    half = q.astype(jnp.bfloat16)  # bfloat16 inputs: the output and the log-sum-exp in float32
+    assert residual_bytes(purebp.dot_product_attention, half, half, half) == 3 * half.nbytes + q.nbytes + 2 * 4 * 256 * 4
 
 
 def test_causal_attention_skips_the_blocks_above_the_diagonal():

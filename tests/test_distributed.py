@@ -584,3 +584,24 @@ def test_batch_norm_and_dropout_train_on_the_mesh_as_on_one_device(any_mesh, rng
     many = training.fit(loss, params, (x, y), mesh=any_mesh, **kwargs)
     chex.assert_trees_all_close((many.params, many.state), (one.params, one.state), **TOLERANCE[np.float32])
     assert jax.tree_util.tree_leaves(many.state)[0].sharding.is_fully_replicated
+
+
+@several_devices
+def test_attention_with_a_bias_and_lengths_under_shard_map(mesh, rng):
+    """The batch split, a bias per head replicated: its cotangent summed over the devices, as autodiff's."""
+    q, k, v = (jnp.asarray(rng.standard_normal((DEVICES, 5, 4, 3)), jnp.float32) for _ in range(3))
+    bias = jnp.asarray(rng.standard_normal((4, 5, 5)), jnp.float32)
+    lengths = jnp.asarray(rng.integers(0, 6, DEVICES), jnp.int32)
+    cotangent = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+
+    def grads(op):
+        loss = lambda q, k, v, bias, lengths, ct: jnp.sum(op(q, k, v, bias, key_value_seq_lengths=lengths,
+                                                             is_causal=True) * ct)
+        return jax.grad(loss, (0, 1, 2, 3))
+
+    specs = (P("batch"), P("batch"), P("batch"), P(), P("batch"), P("batch"))
+    blocked = lambda *a, **o: purebp.dot_product_attention(*a, **o, query_block=2, key_block=2)
+    mapped = jax.jit(jax.shard_map(grads(blocked), mesh=mesh, in_specs=specs,
+                                   out_specs=(P("batch"), P("batch"), P("batch"), P())))
+    close(mapped(q, k, v, bias, lengths, cotangent), jax.jit(grads(reference.dot_product_attention))(
+        q, k, v, bias, lengths, cotangent))

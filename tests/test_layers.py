@@ -316,3 +316,46 @@ def test_randomness_and_state_errors_say_what_to_pass(call, match, rng):
     _, params = model.init(KEY, (2, 4))
     with pytest.raises((TypeError, ValueError), match=match):
         call(model, params, model.init_state((2, 4)), jnp.ones((2, 4)))
+
+
+# --- attention and transformer blocks ------------------------------------------------------------
+
+
+def test_multi_head_attention_is_the_dense_projections_around_dot_product_attention(rng):
+    layer = layers.MultiHeadAttention(2, qkv_features=8, out_features=5, is_causal=True)
+    x = jnp.asarray(rng.standard_normal((3, 6, 4)), jnp.float32)
+    output_shape, params = layer.init(KEY, x.shape)
+    assert output_shape == (3, 6, 5)
+    assert {k: v["w"].shape for k, v in params.items()} == {"query": (4, 8), "key": (4, 8), "value": (4, 8),
+                                                            "out": (8, 5)}
+    heads = lambda name: purebp.dense(x, params[name]["w"], params[name]["b"]).reshape(3, 6, 2, 4)
+    o = jax.nn.dot_product_attention(heads("query"), heads("key"), heads("value"), is_causal=True)
+    np.testing.assert_allclose(layer.apply(params, x), purebp.dense(o.reshape(3, 6, 8), params["out"]["w"],
+                                                                     params["out"]["b"]), rtol=2e-5, atol=2e-6)
+    with pytest.raises(ValueError, match=r"`qkv_features` \(6\) must be a multiple of `num_heads` \(4\)"):
+        layers.MultiHeadAttention(4, qkv_features=6).init(KEY, x.shape)
+
+
+def test_transformer_block_is_two_pre_norm_residuals(rng):
+    block = layers.TransformerBlock(4, 2, mlp_features=8)
+    x = jnp.asarray(rng.standard_normal((2, 5, 4)), jnp.float32)
+    output_shape, (attention, mlp) = block.init(KEY, x.shape)
+    assert output_shape == x.shape and [len(attention), len(mlp)] == [2, 4]
+    h = x + layers.MultiHeadAttention(2).apply(attention[1], purebp.layer_norm(x, **attention[0]))
+    up, down = mlp[1], mlp[3]
+    want = h + purebp.dense(purebp.gelu(purebp.dense(purebp.layer_norm(h, **mlp[0]), up["w"], up["b"])), down["w"],
+                            down["b"])
+    np.testing.assert_allclose(block.apply([attention, mlp], x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Residual adds its layers' output to their input: they must keep its shape"):
+        layers.Residual(layers.Dense(3)).init(KEY, (2, 4))
+
+
+def test_positional_embedding_adds_a_row_per_position(rng):
+    layer = layers.PositionalEmbedding(10)
+    x = jnp.asarray(rng.standard_normal((2, 6, 3)), jnp.float32)
+    _, params = layer.init(KEY, x.shape)
+    np.testing.assert_array_equal(layer.apply(params, x), x + params["embedding"][:6])
+    grad = jax.grad(lambda p: jnp.sum(layer.apply(p, x)))(params)["embedding"]
+    np.testing.assert_array_equal(grad, jnp.zeros((10, 3)).at[:6].set(2.0))  # two examples, unused rows untouched
+    with pytest.raises(ValueError, match=r"the sequence's length 11 exceeds `max_length` \(10\)"):
+        layer.init(KEY, (2, 11, 3))
