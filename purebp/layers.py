@@ -331,16 +331,23 @@ def RMSNorm(axis=-1, epsilon: float = 1e-6, use_scale: bool = True, *, scale_ini
     return _norm_layer("RMSNorm", purebp.rms_norm, axis, epsilon, use_scale, False, scale_init, None, param_dtype)
 
 
-def _norm_layer(name, op, axis, epsilon, use_scale, use_bias, scale_init, bias_init, param_dtype):
+def _affine_inits(use_scale, use_bias, scale_init, bias_init) -> dict:
+    """A normalisation's initialisers of γ ("scale") and β ("bias"), of those it uses."""
     _static.check_bool(use_scale, "use_scale")
     _static.check_bool(use_bias, "use_bias")
-    param_dtype = _param_dtype(param_dtype)
-    inits = {name: init for name, init, used in (("scale", scale_init, use_scale), ("bias", bias_init, use_bias))
-             if used}
+    return {name: init for name, init, used in (("scale", scale_init, use_scale), ("bias", bias_init, use_bias))
+            if used}
+
+
+def _affine_params(inits, key, shape, dtype) -> dict:
+    return {name: init(k, shape, dtype) for (name, init), k in zip(inits.items(), jax.random.split(key))}
+
+
+def _norm_layer(name, op, axis, epsilon, use_scale, use_bias, scale_init, bias_init, param_dtype):
+    inits, param_dtype = _affine_inits(use_scale, use_bias, scale_init, bias_init), _param_dtype(param_dtype)
 
     def make_params(key, x):
-        rows = tuple(x.shape[a] for a in _static.normalize_axes(axis, x.ndim))
-        return {name: init(k, rows, param_dtype) for (name, init), k in zip(inits.items(), jax.random.split(key, 2))}
+        return _affine_params(inits, key, tuple(x.shape[a] for a in _static.normalize_axes(axis, x.ndim)), param_dtype)
 
     def apply(params, x):
         return op(x, *(params[name] for name in inits), axis=axis, epsilon=epsilon)
@@ -359,15 +366,11 @@ def BatchNorm(momentum: float = 0.99, epsilon: float = 1e-5, axis_name=None, use
     ``train=False`` uses ``state`` and returns it unchanged. ``axis_name`` names the mapped axis
     over which the batch is split (``jax.shard_map``), as ``batch_norm``'s.
     """
-    _static.check_bool(use_scale, "use_scale")
-    _static.check_bool(use_bias, "use_bias")
-    param_dtype = _param_dtype(param_dtype)
-    inits = {name: init for name, init, used in (("scale", scale_init, use_scale), ("bias", bias_init, use_bias))
-             if used}
+    inits, param_dtype = _affine_inits(use_scale, use_bias, scale_init, bias_init), _param_dtype(param_dtype)
 
     def make_params(key, x):
         _static.check_ndim(x, "x", "(N, ..., C), channels last", range(2, max(x.ndim, 2) + 1))
-        return {name: init(k, x.shape[-1:], param_dtype) for (name, init), k in zip(inits.items(), jax.random.split(key))}
+        return _affine_params(inits, key, x.shape[-1:], param_dtype)
 
     def make_state(x):
         _static.check_ndim(x, "x", "(N, ..., C), channels last", range(2, max(x.ndim, 2) + 1))
