@@ -3,7 +3,8 @@
 The page has a fixed header (systems, method, how to run) and named sections between
 ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers: one per JAX backend and family of
 workloads (``cpu`` and ``gpu`` for the first family, ``cpu_second`` and ``gpu_second`` for the
-second: see ``section_name``) and ``SHARDED``, the CNN step on 8 simulated CPU devices. A run
+second, ``cpu_attention`` and ``gpu_attention`` for attention: see ``section_name``) and
+``SHARDED``, the CNN step on 8 simulated CPU devices. A run
 replaces the sections it measured and keeps the others, so the CPU and GPU measurements, taken on
 different machines, share one page, ``--only gelu silu`` leaves the first family's tables as they
 are, and ``--only cnn_sharded`` the single-device tables.
@@ -20,6 +21,8 @@ from benchmarks.timing import Stats
 from benchmarks.workloads import FAMILIES
 
 PUREBP, AUTODIFF, JAX = "purebp", "autodiff", "JAX"
+JAX_NN = "jax.nn"  # jax.nn.dot_product_attention(implementation="xla"), the attention family's third JAX system
+ATTENTION_JAX = (PUREBP, AUTODIFF, JAX_NN)
 # PyTorch's systems by memory format: its default (NCHW for images, plain row-major otherwise) and
 # channels-last (NHWC in memory), which only image workloads have.
 TORCH_LAYOUTS = {"NCHW": "PyTorch", "channels-last": "PyTorch channels-last"}
@@ -54,6 +57,20 @@ def relative_difference(actual, expected) -> float:
     return worst
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """A compiled program's buffers, from its ``memory_analysis()``: XLA's temporaries, and all it needs."""
+
+    temp: int
+    total: int  # temporaries, arguments and outputs
+
+    @classmethod
+    def of(cls, compiled) -> Footprint:
+        memory = compiled.memory_analysis()
+        return cls(memory.temp_size_in_bytes,
+                   memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
+
+
 @dataclass
 class Result:
     """One workload's measurements; ``times`` and ``compile_seconds`` are keyed by (pass, system)."""
@@ -63,6 +80,8 @@ class Result:
     compile_seconds: dict = field(default_factory=dict)
     residual_bytes: dict = field(default_factory=dict)  # system -> bytes
     checks: list = field(default_factory=list)
+    footprints: dict = field(default_factory=dict)  # system -> Footprint of its jitted fwd+bwd (attention)
+    repeats: int | None = None  # timed calls per system, where fewer than the run's (attention)
 
     @property
     def name(self) -> str:
@@ -105,8 +124,9 @@ HEADER = """\
 Written by the benchmark runner, `python -m benchmarks` (the package `benchmarks/`): re-run it
 rather than editing this page. A run replaces the sections it measured below and keeps the others.
 Each JAX backend, CPU or GPU, has a section for each family of workloads: the first (the models,
-pools and convolutions) and the second (activations, normalization, dropout and embedding, on
-(8192, 1024)); on CPU there is also the one of 8 simulated devices.
+pools and convolutions), the second (activations, normalization, dropout and embedding, on
+(8192, 1024)) and attention (`dot_product_attention` from 1k to 32k positions, with its own method
+and memory tables); on CPU there is also the one of 8 simulated devices.
 
 Which formulation each backward rule uses, and for every missed target the profile that explains it
 and what was tried: [performance.md](performance.md).
@@ -156,22 +176,28 @@ python -m benchmarks --gpu       # where JAX sees a GPU (jax[cuda]): purebp and 
 python -m benchmarks --only cnn conv_second --repeats 50 --output /tmp/benchmarks.md
 python -m benchmarks --only cnn_sharded --repeats 240   # only the CNN step on 8 simulated devices
 python -m benchmarks --only gelu layer_norm dropout     # some of the second family: its section alone
+python -m benchmarks --only attention_1k attention_1k_causal   # some of the attention family (all: ~15 min)
 python -m benchmarks --tiny      # a smoke run on tiny sizes: prints the tables, writes nothing
 ```
 """
 
 _SECTION = re.compile(r"<!-- BEGIN (\w+) -->\n.*?<!-- END \1 -->\n", re.DOTALL)
 _SECOND = "the second family: activations, normalization, dropout and embedding"
+_ATTENTION = "attention: dot_product_attention against autodiff, jax.nn and PyTorch"
 _TITLES = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU", "cpu_second": f"CPU, {_SECOND}",
-           "gpu_second": f"GPU, {_SECOND}", SHARDED: "CPU, 8 simulated devices: Auto and Explicit mesh axes"}
+           "gpu_second": f"GPU, {_SECOND}", "cpu_attention": f"CPU, {_ATTENTION}",
+           "gpu_attention": f"GPU, {_ATTENTION}", SHARDED: "CPU, 8 simulated devices: Auto and Explicit mesh axes"}
 # The sections every page shows, in this order, with how to fill each; any other comes after them.
 _HOW_TO_MEASURE = {
     "cpu": "run `python -m benchmarks` on a machine where JAX's default backend is the CPU",
     "cpu_second": "run `python -m benchmarks` (or `--only` some of its ops) on a machine where JAX's default "
                   "backend is the CPU",
+    "cpu_attention": "run `python -m benchmarks` (or `--only` some of its sizes) on a machine where JAX's "
+                     "default backend is the CPU",
     SHARDED: f"run `python -m benchmarks --only {SHARDED}` (or all of `python -m benchmarks` on CPU)",
     "gpu": "run `python -m benchmarks --gpu` on a machine where JAX's default backend is the GPU",
     "gpu_second": "run `python -m benchmarks --gpu` on a machine where JAX's default backend is the GPU",
+    "gpu_attention": "run `python -m benchmarks --gpu` on a machine where JAX's default backend is the GPU",
 }
 
 
@@ -238,6 +264,93 @@ def sharded_section(result: ShardedResult, environment: dict, *, tiny: bool) -> 
     lines += ["", "### Time ratios", "", *_table(["ratio", "median (p10–p90)", "check"], ratio_rows)]
     lines += ["", "### Collectives", "", *_table(["step", *COLLECTIVES], collective_rows)]
     return "\n".join(lines) + "\n"
+
+
+_ATTENTION_METHOD = """\
+Self-attention, `dot_product_attention(q, k, v, is_causal=...)` on float32 arrays of one shape,
+(B, N, heads, H) with H = 64, differentiated with respect to all three. Systems: **purebp** (its
+blockwise rule, default blocks), **autodiff** of its twin `purebp.reference.dot_product_attention`
+(softmax(s·QKᵀ)V in plain jnp), **jax.nn** (`jax.nn.dot_product_attention(implementation="xla")`:
+autodiff of JAX's own code) and, on CPU, **PyTorch** (`F.scaled_dot_product_attention` on the same
+arrays, contiguous in (B, heads, N, H): its blockwise CPU kernel). *fwd+bwd* is one jitted function
+that returns the output and the three cotangents (PyTorch: the op, then `autograd.grad`), timed
+interleaved as in the other sections, with fewer repeats where a call takes seconds. *Temp* is
+`temp_size_in_bytes` of the compiled fwd+bwd's `memory_analysis()`: XLA's temporaries, where the
+residuals and any N×N array live. A JAX system whose temporaries, arguments and outputs would
+exceed {limit} GiB is compiled but not run: its cells say what it would need. *Residuals* is
+`purebp.testing.residual_bytes`, what a training step keeps from forward to backward; purebp's
+target is q, k, v, o and L (one float32 per batch entry, head and query row), exactly. *Check* is
+the largest difference of purebp's output and cotangents from each other system's that ran,
+relative to the largest magnitude (the run fails above {tolerance})."""
+# Issue 16's targets, each purebp's figure over autodiff's: residual bytes, XLA temp bytes, fwd+bwd time.
+RESIDUALS_TARGET, TEMP_TARGET, TIME_TARGET = 0.12, 0.2, 1.0
+
+
+def attention_section(name: str, results: dict, environment: dict, *, tiny: bool, memory_limit: int,
+                      tolerance: float) -> str:
+    """The attention family's section: what was run, the targets, fwd+bwd times, memory and compile times."""
+    method = _ATTENTION_METHOD.format(limit=f"{memory_limit / 2 ** 30:g}",
+                                      tolerance=np.format_float_scientific(tolerance, trim="-", exp_digits=1))
+    lines = [*_heading(_TITLES.get(name, name), environment, tiny), "", method]
+    for heading, table in (("Targets", _attention_targets(results)), ("fwd+bwd", _attention_times(results)),
+                           ("Memory (MiB)", _attention_memory(results)),
+                           ("Compile times (s)", _attention_compile(results))):
+        lines += ["", f"### {heading}", "", *table]
+    return "\n".join(lines) + "\n"
+
+
+def _attention_targets(results):
+    rows = []
+    for r in results.values():
+        mine, blockwise = r.residual_bytes[PUREBP], r.workload.blockwise_residual_bytes
+        residuals = _of_autodiff(mine, r.residual_bytes[AUTODIFF])
+        temp = _of_autodiff(r.footprints[PUREBP].temp, r.footprints[AUTODIFF].temp)
+        time = r.ratio(FWD_BWD, AUTODIFF)
+        rows.append([r.workload.label, f"{_mib(mine)}: {'met' if mine == blockwise else 'missed'}",
+                     _target(residuals, RESIDUALS_TARGET), _target(temp, TEMP_TARGET),
+                     _target(time, TIME_TARGET) if time is not None else f"{MISSING} (autodiff not run)"])
+    header = ["workload", "residuals = q, k, v, o + L", f"residuals ≤ {RESIDUALS_TARGET:g}× autodiff",
+              f"temp ≤ {TEMP_TARGET:g}× autodiff", f"fwd+bwd ≤ {TIME_TARGET:g}× autodiff"]
+    return _table(header, rows)
+
+
+def _of_autodiff(mine, theirs):
+    return mine / theirs if theirs else None
+
+
+def _target(ratio, limit):
+    return f"{_times(ratio)}: {_verdict(ratio, ratio is not None and ratio <= limit)}"
+
+
+def _attention_times(results):
+    systems = [*ATTENTION_JAX, TORCH[0]]
+    rows = []
+    for r in results.values():
+        times = [_ms(r.times[(FWD_BWD, s)]) if (FWD_BWD, s) in r.times else _not_run(r, s) for s in systems]
+        rows.append([r.workload.label, str(r.repeats), *times,
+                     *(_times(r.ratio(FWD_BWD, s)) for s in systems[1:]), _checks(r)])
+    header = ["workload", "repeats", *(f"{s} (ms)" for s in systems), *(f"purebp / {s}" for s in systems[1:]),
+              "check"]
+    return _table(header, rows)
+
+
+def _not_run(result, system):
+    """Why ``system`` has no time: the memory its program would need, or, for PyTorch, that it was not used."""
+    footprint = result.footprints.get(system)
+    return f"would need {footprint.total / 2 ** 30:.1f} GiB" if footprint else MISSING
+
+
+def _attention_memory(results):
+    rows = [[r.workload.label, *(_mib(r.residual_bytes[s], unit=False) for s in ATTENTION_JAX),
+             *(_mib(r.footprints[s].temp, unit=False) for s in ATTENTION_JAX)] for r in results.values()]
+    header = ["workload", *(f"{s} residuals" for s in ATTENTION_JAX), *(f"{s} temp" for s in ATTENTION_JAX)]
+    return _table(header, rows)
+
+
+def _attention_compile(results):
+    rows = [[r.workload.label, *(f"{r.compile_seconds[(FWD_BWD, s)]:.2f}" for s in ATTENTION_JAX)]
+            for r in results.values()]
+    return _table(["workload", *ATTENTION_JAX], rows)
 
 
 def _heading(title, environment, tiny):
@@ -411,8 +524,8 @@ def _residuals_against_autodiff(target, measured, family, met):
              "met" if not over else "missed"]]
 
 
-def _mib(size):
-    return f"{size / 2 ** 20:.2f} MiB"
+def _mib(size, unit=True):
+    return f"{size / 2 ** 20:,.2f}" + (" MiB" if unit else "")
 
 
 def _verdict(value, met):

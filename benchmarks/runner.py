@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from benchmarks import report, sharded, workloads
-from benchmarks.report import (AUTODIFF, BACKWARD, FWD_BWD, JAX, MATMUL, PUREBP, SHARDED, STEP, Check, Result,
-                               relative_difference)
+from benchmarks.report import (AUTODIFF, BACKWARD, FWD_BWD, JAX, JAX_NN, MATMUL, PUREBP, SHARDED, STEP, TORCH,
+                               Check, Footprint, Result, relative_difference)
 from benchmarks.timing import compile_seconds, time_interleaved
 from purebp.testing import residual_bytes
 from purebp.training import make_train_step
@@ -39,6 +39,10 @@ DEFAULT_OUTPUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchma
 # on CPU agrees to ~1e-6 (reordered sums); GPUs may run float32 matmuls and convolutions in TF32
 # (10-bit mantissa), where 1e-3 differences are ordinary.
 CPU_TOLERANCE, ACCELERATOR_TOLERANCE = 1e-4, 2e-2
+# The most that a JAX system's jitted attention fwd+bwd may need (XLA's temporaries, arguments and
+# outputs, from memory_analysis) to be run: beyond it the program is compiled and reported, never
+# run, so that autodiff's N×N arrays cannot take the machine's memory (23 GiB when this was written).
+MEMORY_LIMIT = 16 * 2 ** 30
 
 
 def parse_args(argv):
@@ -46,7 +50,8 @@ def parse_args(argv):
         prog="python -m benchmarks",
         description="Times purebp against JAX autodiff (and PyTorch eager on CPU) and writes docs/benchmarks.md.")
     parser.add_argument("--repeats", type=_positive_int, default=None, metavar="N",
-                        help="timed calls per system (default 30; 3 with --tiny)")
+                        help="timed calls per system (default 30; 3 with --tiny); attention's long sequences "
+                             "take fewer, their own (benchmarks.workloads.Sizes.attention)")
     parser.add_argument("--warmup", type=_non_negative_int, default=None, metavar="N",
                         help="untimed calls per system first (default 5; 1 with --tiny)")
     parser.add_argument("--only", nargs="+", choices=(*workloads.NAMES, SHARDED), metavar="NAME",
@@ -129,7 +134,14 @@ def _single_device(argv, args, backend, names):
         environment = _environment(argv, args, torch_eager, load_before)
         failed += [f"{r.name}: {c.what}" for r in results.values() for c in r.checks if not c.ok]
         section = report.section_name(backend, family)
-        sections[section] = report.section(section, results, environment, tiny=args.tiny)
+        if family == "attention":
+            environment["timing"] = (f"at most {args.warmup} warm-up calls, then at most {args.repeats} interleaved "
+                                     "repeats per system: fewer where a call takes seconds (each workload's repeats "
+                                     "are in its table)")
+            sections[section] = report.attention_section(section, results, environment, tiny=args.tiny,
+                                                         memory_limit=MEMORY_LIMIT, tolerance=tolerance)
+        else:
+            sections[section] = report.section(section, results, environment, tiny=args.tiny)
     return sections, failed
 
 
@@ -160,6 +172,8 @@ def run_workload(workload, torch_eager, args, tolerance) -> Result:
         return _run_matmul(workload, torch_eager, args)
     if isinstance(workload, workloads.StepWorkload):
         return _run_step(workload, torch_eager, args, tolerance)
+    if isinstance(workload, workloads.AttentionWorkload):
+        return _run_attention(workload, torch_eager, args, tolerance)
     return _run_op(workload, torch_eager, args, tolerance)
 
 
@@ -250,6 +264,36 @@ def _run_op(workload, torch_eager, args, tolerance):
         if workload.torch_checked:
             result.checks.append(Check("vs PyTorch (output, cotangents)", max(differences), tolerance))
     result.times = time_interleaved(calls, warmup=args.warmup, repeats=args.repeats)
+    return result
+
+
+def _run_attention(workload, torch_eager, args, tolerance):
+    """fwd+bwd of purebp, autodiff, jax.nn and PyTorch; each JAX system's footprint, and a run where it fits.
+
+    Only fwd+bwd is timed: at 16k a call takes seconds. The warm-up calls shrink with the
+    workload's repeats (the sanity check's call, untimed, warms each system up once more).
+    """
+    functions = {PUREBP: workload.purebp, AUTODIFF: workload.autodiff, JAX_NN: workload.jax_nn}
+    inputs, argnums = workload.args, (0, 1, 2)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(inputs[0].shape), inputs[0].dtype)
+    result, calls, outputs = Result(workload), {}, {}
+    for system, f in functions.items():
+        forward_backward = jax.jit(lambda inputs, g, f=f: _output_and_cotangents(f, inputs, argnums, g))
+        result.compile_seconds[(FWD_BWD, system)] = compile_seconds(forward_backward, inputs, g)
+        # from jit's cache: the program just compiled
+        result.footprints[system] = Footprint.of(forward_backward.lower(inputs, g).compile())
+        result.residual_bytes[system] = _residual_bytes(f, *inputs)
+        if result.footprints[system].total <= MEMORY_LIMIT:
+            calls[(FWD_BWD, system)] = _blocking(forward_backward, inputs, g)
+            outputs[system] = forward_backward(inputs, g)
+    if torch_eager:
+        calls[(FWD_BWD, TORCH[0])], outputs[TORCH[0]] = torch_eager.attention_passes(*inputs, g, workload.is_causal)
+    mine = outputs.pop(PUREBP)
+    result.checks = [Check(f"vs {system} (output, cotangents)", relative_difference(mine, theirs), tolerance)
+                     for system, theirs in outputs.items()]
+    result.repeats = min(args.repeats, workload.repeats)
+    result.times = time_interleaved(calls, warmup=args.warmup * result.repeats // args.repeats,
+                                    repeats=result.repeats)
     return result
 
 

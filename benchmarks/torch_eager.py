@@ -3,8 +3,9 @@
 Importing this module needs torch (the ``bench`` extra); the runner leaves PyTorch out without it.
 Each image workload (4-D: the CNN, the pools and convolutions) runs in two memory formats: ``NCHW``
 (torch's default) and ``channels-last`` (``torch.channels_last``: NHWC in memory, often faster on
-CPU); the second family's 2-D ops need no conversion and run in the default alone. Models are
-``torch.nn`` modules with the JAX parameters copied in, so their first loss matches purebp's.
+CPU); the second family's 2-D ops need no conversion and run in the default alone; attention takes its
+heads before the sequence. Models are ``torch.nn`` modules with the JAX parameters copied in, so
+their first loss matches purebp's.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ _FUNCTIONS = {
 # JAX's channels-last arrays to torch's logical NCHW: activations (N, H, W, C) -> (N, C, H, W);
 # conv kernels (kh, kw, in, out) -> (out, in, kh, kw); conv_transpose kernels -> (in, out, kh, kw).
 _TO_NCHW = {"activation": (0, 3, 1, 2), "conv": (3, 2, 0, 1), "conv_transpose": (2, 3, 0, 1)}
+# JAX's attention arrays (B, N, heads, H) to torch's (B, heads, N, H), and back (the swap is its own inverse).
+_HEADS_FIRST = (0, 2, 1, 3)
 
 
 def configure():
@@ -146,6 +149,24 @@ def op_passes(op, args, argnums, torch_options, cotangent, layout):
 
     cotangents = [_array(t, _to_nchw(op, position, args[position])) for position, t in zip(argnums, backward())]
     return backward, forward_backward, (_array(y, _to_nchw(op, 0, cotangent)), cotangents)
+
+
+def attention_passes(query, key, value, cotangent, is_causal):
+    """``(forward_backward, results)`` of ``F.scaled_dot_product_attention`` on JAX's (B, N, heads, H) arrays.
+
+    The tensors are contiguous in torch's (B, heads, N, H), as a torch model lays them out;
+    ``forward_backward`` returns the output and the three cotangents, ``results`` the same as numpy
+    arrays in JAX's layout. On CPU, float32, torch runs its blockwise (flash) kernel.
+    """
+    inputs = [_tensor(a, _HEADS_FIRST).requires_grad_() for a in (query, key, value)]
+    g = _tensor(cotangent, _HEADS_FIRST)
+
+    def forward_backward():
+        y = F.scaled_dot_product_attention(*inputs, is_causal=is_causal)
+        return y, torch.autograd.grad(y, inputs, g)
+
+    y, cotangents = forward_backward()
+    return forward_backward, (_array(y, _HEADS_FIRST), [_array(t, _HEADS_FIRST) for t in cotangents])
 
 
 def _argument(op, position, arg, layout):

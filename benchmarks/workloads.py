@@ -3,6 +3,8 @@
 - **purebp**: purebp's ops and layers, whose VJPs are written by hand.
 - **autodiff**: the same computation from ``purebp.reference``'s plain-jnp twins, as a function of
   the same params pytree, differentiated by JAX itself.
+- **jax.nn** (the attention family alone): ``jax.nn.dot_product_attention(implementation="xla")``,
+  JAX's own attention, differentiated by JAX too.
 
 Training steps are ``purebp.training.make_train_step`` with ``optax.sgd(LEARNING_RATE, momentum=MOMENTUM)``
 over the mean integer-label softmax cross-entropy. Everything is float32 and channels-last. The
@@ -36,12 +38,20 @@ class Sizes:
     up_features: int  # conv_transpose's output channels
     rows: tuple[int, int]  # the second family's input (rows, features): a batch of token vectors
     vocabulary: int  # rows of embedding's table, of the second family's feature width
+    # The attention family's (B, heads, N, repeats) by size name: B·heads shrinks as N grows, to keep
+    # a call within seconds; repeats, the most timed calls per system, shrinks with it. At 32k
+    # autodiff's N×N arrays no longer fit a 23 GiB machine, while purebp's blocks do.
+    attention: dict[str, tuple[int, int, int, int]]
 
 
 FULL = Sizes(matmul=1024, mlp_batch=256, mlp_widths=(784, 1024, 1024, 10), batch=128, image=28,
-             features=(32, 64), up_features=16, rows=(8192, 1024), vocabulary=32768)
+             features=(32, 64), up_features=16, rows=(8192, 1024), vocabulary=32768,
+             attention={"1k": (8, 8, 1024, 10), "4k": (1, 8, 4096, 5), "16k": (1, 2, 16384, 3),
+                        "32k": (1, 2, 32768, 1)})
 TINY = Sizes(matmul=64, mlp_batch=8, mlp_widths=(32, 64, 64, 10), batch=2, image=8, features=(4, 8),
-             up_features=2, rows=(16, 32), vocabulary=64)
+             up_features=2, rows=(16, 32), vocabulary=64,
+             attention={"1k": (2, 2, 16, 3), "4k": (1, 2, 32, 3), "16k": (1, 1, 48, 3), "32k": (1, 1, 64, 3)})
+HEAD = 64  # the attention family's head size H, in FULL and TINY alike
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,36 @@ class OpWorkload:
 
     def _output(self, out):
         return out if self.output is None else out[self.output]
+
+
+@dataclass(frozen=True)
+class AttentionWorkload:
+    """Self-attention: ``dot_product_attention`` on a query, key and value of one shape, (B, N, heads, H).
+
+    Differentiated with respect to all three; timed as fwd+bwd alone, at most ``repeats`` times.
+    """
+
+    name: str
+    label: str
+    args: tuple  # (query, key, value)
+    is_causal: bool
+    repeats: int
+
+    def purebp(self, *args):
+        return purebp.dot_product_attention(*args, is_causal=self.is_causal)
+
+    def autodiff(self, *args):
+        return reference.dot_product_attention(*args, is_causal=self.is_causal)
+
+    def jax_nn(self, *args):
+        return jax.nn.dot_product_attention(*args, is_causal=self.is_causal, implementation="xla")
+
+    @property
+    def blockwise_residual_bytes(self) -> int:
+        """q, k, v and o, and L, one float32 per (batch, head, query row): what the blockwise rule keeps."""
+        query = self.args[0]
+        b, n, heads, _ = query.shape
+        return sum(a.nbytes for a in self.args) + query.nbytes + 4 * b * heads * n
 
 
 def _normal(rng, shape, scale=1.0):
@@ -254,9 +294,27 @@ def second_family(sizes: Sizes, rng) -> list[OpWorkload]:
     ]
 
 
+def attention(sizes: Sizes, rng) -> list[AttentionWorkload]:
+    """Issue 16's dot_product_attention at each size of ``sizes.attention``, without and with the causal mask.
+
+    Inputs of unit variance, so that the logits (scaled by 1/√H) are O(1) and the softmax neither
+    one-hot nor uniform.
+    """
+    workloads = []
+    for size, (b, heads, n, repeats) in sizes.attention.items():
+        shape = (b, n, heads, HEAD)
+        args = tuple(_normal(rng, shape) for _ in range(3))
+        for is_causal in (False, True):
+            label = f"{'causal ' if is_causal else ''}attention, {_shape(args[0])}"
+            workloads.append(AttentionWorkload(f"attention_{size}{'_causal' if is_causal else ''}", label, args,
+                                               is_causal, repeats))
+    return workloads
+
+
 def all_workloads(sizes: Sizes, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
-    return [matmul(sizes, rng), mlp(sizes, rng), cnn(sizes, rng), *ops(sizes, rng), *second_family(sizes, rng)]
+    return [matmul(sizes, rng), mlp(sizes, rng), cnn(sizes, rng), *ops(sizes, rng), *second_family(sizes, rng),
+            *attention(sizes, rng)]
 
 
 # The workloads' names by family, in all_workloads' order (the CLI's --only choices, before
@@ -266,6 +324,7 @@ FAMILIES = {
               "conv_second", "conv_wide", "conv_transpose"),
     "second": ("gelu", "gelu_erf", "silu", "softplus", "log_sigmoid", "leaky_relu", "layer_norm", "rms_norm",
                "dropout", "embedding", "batch_norm"),
+    "attention": tuple(f"attention_{size}{causal}" for size in FULL.attention for causal in ("", "_causal")),
 }
 NAMES = tuple(name for names in FAMILIES.values() for name in names)
 

@@ -3,6 +3,7 @@ import pathlib
 import re
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))  # the repository root, home of `benchmarks`
@@ -11,7 +12,7 @@ from benchmarks import report, runner, sharded, workloads  # noqa: E402
 from benchmarks.timing import Stats  # noqa: E402
 
 
-@pytest.mark.slow  # every workload compiled and timed once: ~70 s, so in .ci/run's slow pass
+@pytest.mark.slow  # every workload compiled and timed once: ~90 s, so in .ci/run's slow pass
 def test_tiny_run_writes_every_workload(tmp_path):
     output = tmp_path / "benchmarks.md"
     assert runner.main(["--tiny", "--output", str(output)]) == 0  # 0: every sanity check passed
@@ -20,12 +21,15 @@ def test_tiny_run_writes_every_workload(tmp_path):
         text = _section(page, report.section_name("cpu", family))
         for workload in workloads.all_workloads(workloads.TINY):
             assert (f"| {workload.label}" in text) == (workload.name in names)
-        for heading in ("Targets", "Ops", "Residual bytes", "Compile times"):
+        headings = (("Targets", "fwd+bwd", "Memory (MiB)", "Compile times (s)") if family == "attention"
+                    else ("Targets", "Ops", "Residual bytes", "Compile times"))
+        for heading in headings:
             assert f"### {heading}" in text
     for heading in ("Training steps", "MLP step throughput"):
         assert f"### {heading}" in _section(page, "cpu")
     assert "FAILED" not in page and "ok: vs autodiff" in page
-    assert "<!-- BEGIN gpu -->" in page and "<!-- BEGIN gpu_second -->" in page  # the placeholders a GPU run fills
+    for name in ("gpu", "gpu_second", "gpu_attention"):  # the placeholders a GPU run fills
+        assert f"<!-- BEGIN {name} -->" in page
     _assert_sharded_section(_section(page, report.SHARDED))
 
 
@@ -72,6 +76,29 @@ def test_a_run_of_the_second_family_replaces_its_section_alone(tmp_path):
     assert second.startswith("\n## CPU, the second family") and "| dropout 0.1, (16, 32) | fwd+bwd |" in second
     assert "| embedding, 16 ids into (64, 32) | 16 | 64 | 0.25× | met |" in second  # uint8 ids (64 rows), not int32
     assert page.index("BEGIN cpu ") < page.index("BEGIN cpu_second") < page.index(f"BEGIN {report.SHARDED}")
+
+
+def test_attention_reports_a_system_too_large_to_run_and_each_target():
+    workload = workloads.attention(workloads.TINY, np.random.default_rng(0))[0]
+    mib, gib = 2 ** 20, 2 ** 30
+    measured = report.Result(  # as _run_attention reports it where autodiff's program would need 40 GiB
+        workload, repeats=1, times={(report.FWD_BWD, system): Stats(t, t, t) for system, t in
+                                    ((report.PUREBP, 2.0), (report.JAX_NN, 4.0), (report.TORCH[0], 1.0))},
+        compile_seconds={(report.FWD_BWD, system): 0.5 for system in report.ATTENTION_JAX},
+        residual_bytes={report.PUREBP: workload.blockwise_residual_bytes, report.AUTODIFF: 100 * mib,
+                        report.JAX_NN: 50 * mib},
+        footprints={report.PUREBP: report.Footprint(9 * gib, 10 * gib),
+                    report.AUTODIFF: report.Footprint(30 * gib, 40 * gib),
+                    report.JAX_NN: report.Footprint(10 * mib, 11 * mib)},
+        checks=[report.Check("vs PyTorch (output, cotangents)", 1e-7, 1e-4)])
+    text = report.attention_section("cpu_attention", {workload.name: measured}, {"date": "today"}, tiny=False,
+                                    memory_limit=16 * gib, tolerance=1e-4)
+    row = f"| {workload.label} |"
+    assert f"{row} 0.06 MiB: met | 0.000627×: met | 0.3×: missed | — (autodiff not run) |" in text
+    assert (f"{row} 1 | 2 (2–2) | would need 40.0 GiB | 4 (4–4) | 1 (1–1) | — | 0.5× | 2× | "
+            "ok: vs PyTorch (output, cotangents) 1.0e-07 |") in text
+    assert f"{row} 0.06 | 100.00 | 50.00 | 9,216.00 | 30,720.00 | 10.00 |" in text
+    assert "exceed 16 GiB is compiled but not run" in text and "(the run fails above 1e-4)" in text
 
 
 def test_collectives_are_counted_by_op_name_whatever_their_result_type():
